@@ -1,0 +1,38 @@
+# graphbuild: developer commands. Everything is installed into .venv by these targets;
+# nothing relies on packages installed by hand.
+#   make demo   install, then build and run examples/embedding_tp.py (in-process executor, CPU)
+#   make test   install, then run the whole test suite
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.graphbuild-installed
+PLUGIN_SOURCES := $(shell find plugins -type f 2>/dev/null)
+PYTEST_ARGS ?=
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "graphbuild needs Python 3.10 or newer"'
+	@$(PYTHON) -m venv $(VENV) || { \
+	  echo "python3 -m venv failed; installing Debian's python3-venv"; \
+	  rm -rf $(VENV); apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# The editable install builds plugins/ with CMake (CUDA kernels too when nvcc is found); Python
+# sources are used in place. Reinstalled when the plugin sources or pyproject.toml change.
+$(STAMP): $(BIN)/python pyproject.toml $(PLUGIN_SOURCES)
+	$(BIN)/python -m pip install --quiet --editable ".[dev]" -Cbuild-dir=build/editable
+	@touch $@
+
+demo: install
+	$(BIN)/python examples/embedding_tp.py
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf build out .pytest_cache .hypothesis
+	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +

@@ -1,0 +1,186 @@
+"""``gb.build``: compile a network into an engine directory.
+
+Pipeline: verify → shape/dtype inference → constant folding → dead-code elimination (on a copy of
+the user's network, which is never modified) → tensor-parallel partition (one network per rank) →
+dead-code elimination per rank → segmentation at collectives → ONNX export of every segment →
+atomic write of the engine directory → load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import graphbuild
+from graphbuild.engine import FORMAT, FORMAT_VERSION, Engine, TensorSpec, write_engine
+from graphbuild.errors import GraphConstructionError, PartitionError
+from graphbuild.ir import Network, Node, Value
+from graphbuild.plugin import DOMAIN, DOMAIN_VERSION, TP_EMBEDDING
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _output_through_identity(net: Network) -> None:
+    """Outputs that are constants get an identity node, so some segment produces them."""
+    for name, value in list(net.outputs.items()):
+        if value.is_constant:
+            net.outputs[name] = net.add_node("identity", [value], name=f"output/{name}").output
+
+
+def _collective_step(node: Node) -> dict[str, Any]:
+    workspace: Optional[Value] = node.inputs[1] if len(node.inputs) > 1 else None
+    return {
+        "kind": "collective",
+        "op": node.op,
+        "name": node.name,
+        "instance_id": node.attrs["instance_id"],
+        "group": list(node.attrs["group"]),
+        "input": node.inputs[0].name,
+        "workspace": workspace.name if workspace is not None else None,
+        "output": node.output.name,
+        "attrs": {k: _json_safe(v) for k, v in node.attrs.items()},
+    }
+
+
+def _rank_networks(networks: Sequence[Network], verify_each_pass: bool) -> list[Network]:
+    from graphbuild.passes import DeadCodeEliminationPass, default_pipeline, partition, partition_ranks
+
+    pipeline = default_pipeline(verify_each=verify_each_pass)
+    optimized = [pipeline.run(net.copy()).network for net in networks]
+    ranks = partition(optimized[0]) if len(optimized) == 1 else partition_ranks(optimized)
+    tp_size = ranks[0].meta.get("tp_size", 1)
+    if len(ranks) != tp_size:
+        rank = ranks[0].meta.get("tp_rank")
+        raise PartitionError(
+            f"network '{networks[0].name}' is rank {rank} of a {tp_size}-rank group (rank-local mode); "
+            "pass the networks of every rank as a list: gb.build([net_rank0, net_rank1, ...], path)"
+        )
+    cleanup = DeadCodeEliminationPass()
+    for net in ranks:
+        cleanup.call(net)
+        _output_through_identity(net)
+    return ranks
+
+
+def build(
+    network: Union[Network, Sequence[Network]],
+    output_dir: Union[str, Path],
+    *,
+    use_plugin: bool = True,
+    overwrite: bool = False,
+    opset: Optional[int] = None,
+    verify_each_pass: bool = False,
+    external_data_threshold: int = 1 << 20,
+    providers: Optional[Sequence[str]] = None,
+) -> Engine:
+    """Compiles ``network`` into an engine directory and loads it.
+
+    The tensor-parallel size comes from the network's ops (``embedding(..., tp_size=N)``).
+
+    Args:
+        network: a logical network, or a list with one rank-local network per rank.
+        output_dir: the engine directory to create.
+        use_plugin: lower embeddings to graphbuild's ``TPEmbedding`` custom op; False uses standard
+            ONNX ops only, so the engine runs on any ONNX runtime (same results, same errors).
+        overwrite: replace an existing engine at ``output_dir``.
+        opset: standard ONNX opset of the segments (default 21).
+        verify_each_pass: run the IR verifier after every pass (slower; tests turn it on).
+        external_data_threshold: initializers larger than this many bytes go to external data.
+        providers: execution providers for the returned engine.
+
+    Returns:
+        The loaded engine.
+
+    Raises:
+        GraphBuildError: the network is invalid, cannot be partitioned or exported, or the
+            directory cannot be written; the message names the op, node or file.
+    """
+    from graphbuild.passes import check_same_schedule, segment
+    from graphbuild.passes.export_onnx import DEFAULT_OPSET, lower_nodes, write_model
+
+    networks = [network] if isinstance(network, Network) else list(network)
+    if not networks or not all(isinstance(n, Network) for n in networks):
+        raise GraphConstructionError(f"gb.build needs a Network or a list of Networks, got {network!r}")
+    source = networks[0]
+    if not source.outputs:
+        raise GraphConstructionError(f"network '{source.name}' has no outputs; mark some with net.mark_output(tensor, name)")
+    opset = opset or DEFAULT_OPSET
+    ranks = _rank_networks(networks, verify_each_pass)
+    schedules = [segment(net) for net in ranks]
+    check_same_schedule(schedules)
+
+    exports: list[tuple[str, Any]] = []
+    rank_entries = []
+    for rank, (net, steps) in enumerate(zip(ranks, schedules)):
+        entries = []
+        for step in steps:
+            if not hasattr(step, "nodes"):
+                entries.append(_collective_step(step.node))
+                continue
+            relpath = f"rank{rank}/segment{step.index}.onnx"
+            exported = lower_nodes(
+                net,
+                step.nodes,
+                step.inputs,
+                [(v.name, v) for v in step.outputs],
+                use_plugin=use_plugin,
+                opset=opset,
+                external_data_threshold=external_data_threshold,
+                graph_name=f"{source.name}.rank{rank}.segment{step.index}",
+            )
+            exports.append((relpath, exported))
+            entries.append(
+                {
+                    "kind": "segment",
+                    "index": step.index,
+                    "file": relpath,
+                    "inputs": exported.inputs,
+                    "outputs": exported.outputs,
+                    "checks": exported.checks,
+                    "onnx_nodes": exported.onnx_nodes,
+                    "ops": exported.ops,
+                }
+            )
+        used = {v.name for node in net.nodes for v in node.inputs if v is not None and v.is_constant}
+        rank_entries.append(
+            {
+                "rank": rank,
+                "weight_bytes": int(sum(v.const.nbytes for v in net.constants.values() if v.name in used)),
+                "ops": net.op_counts(),
+                "steps": entries,
+                "outputs": {name: value.name for name, value in net.outputs.items()},
+            }
+        )
+
+    needs_plugin = use_plugin and any(n.op == "tp_embedding" for net in ranks for n in net.nodes)
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "graphbuild_version": graphbuild.__version__,
+        "name": source.name,
+        "tp_size": len(ranks),
+        "tp_group": list(ranks[0].meta.get("tp_group", range(len(ranks)))),
+        "use_plugin": use_plugin,
+        "opset": opset,
+        "custom_ops": [{"domain": DOMAIN, "op_type": TP_EMBEDDING, "since_version": DOMAIN_VERSION}] if needs_plugin else [],
+        "inputs": [TensorSpec(v.name, v.dtype, v.shape).to_json() for v in source.inputs.values()],
+        "outputs": [TensorSpec(name, v.dtype, v.shape).to_json() for name, v in ranks[0].outputs.items()],
+        "ranks": rank_entries,
+    }
+    json.dumps(manifest)  # fail here, not half-way through writing, if an attribute is not JSON data
+
+    def write_files(staging: Path) -> list[Path]:
+        written: list[Path] = []
+        for relpath, exported in exports:
+            path = staging / relpath
+            path.parent.mkdir(parents=True, exist_ok=True)
+            written.extend(write_model(exported, path))
+        return written
+
+    path = write_engine(Path(output_dir), manifest, write_files, overwrite=overwrite)
+    return Engine.load(path, providers=providers, verify=False)

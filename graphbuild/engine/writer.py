@@ -1,0 +1,69 @@
+"""Writes an engine directory atomically.
+
+Everything goes into a hidden temporary directory beside the target; the manifest is written last,
+after every file's checksum; then the directory is renamed into place. An interrupted build leaves
+no directory that looks like an engine, and an existing engine is replaced only when the new one is
+complete (and only when ``overwrite`` is given).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from graphbuild.engine.manifest import MANIFEST, sha256_file
+from graphbuild.errors import EngineError
+
+
+def _prepare_target(target: Path, overwrite: bool) -> None:
+    if not target.exists():
+        return
+    if not overwrite:
+        raise EngineError(f"'{target}' already exists; pass overwrite=True (or --overwrite) to replace it")
+    if not target.is_dir() or not ((target / MANIFEST).is_file() or not any(target.iterdir())):
+        raise EngineError(f"'{target}' exists and is not a graphbuild engine; refusing to replace it")
+
+
+def write_engine(target: Path, manifest: dict[str, Any], write_files: Callable[[Path], list[Path]], *, overwrite: bool = False) -> Path:
+    """Creates the engine directory ``target``.
+
+    Args:
+        target: the engine directory to create.
+        manifest: the manifest without its ``files`` table (added here).
+        write_files: writes the rank files into the directory it is given; returns their paths.
+        overwrite: replace an existing engine at ``target``.
+
+    Returns:
+        ``target``.
+    """
+    target = Path(target)
+    _prepare_target(target, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
+    try:
+        written = write_files(staging)
+        files = {}
+        for path in sorted(written):
+            relpath = path.relative_to(staging).as_posix()
+            files[relpath] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        manifest = {**manifest, "files": files}
+        with open(staging / MANIFEST, "w", encoding="utf-8") as handle:
+            json.dump(manifest, handle, indent=2)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        if target.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.replaced-", dir=target.parent))
+            os.rename(target, retired / target.name)
+            os.rename(staging, target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target

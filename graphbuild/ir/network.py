@@ -1,0 +1,320 @@
+"""``Network``: the IR container. It owns nodes in topological order, named inputs, outputs and
+constants, and the namespaces that keep node and value names unique.
+
+Ops find their network through their input tensors; ``with net:`` makes ``net`` current for
+creating inputs and constants (kept in a ``ContextVar`` so threads and nested ``with`` blocks are
+safe).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from graphbuild import dtypes
+from graphbuild.errors import GraphConstructionError, NetworkContextError
+from graphbuild.ir.names import Namespace
+from graphbuild.ir.node import Node, user_frame
+from graphbuild.ir.value import Shape, Value
+
+if TYPE_CHECKING:
+    from graphbuild.tensor import Tensor
+
+_CURRENT: contextvars.ContextVar[Optional["Network"]] = contextvars.ContextVar("graphbuild_network", default=None)
+
+
+def current_network() -> "Network":
+    """The network made current by the innermost ``with net:`` block.
+
+    Raises:
+        NetworkContextError: no network is current.
+    """
+    net = _CURRENT.get()
+    if net is None:
+        raise NetworkContextError(
+            "no current network: create inputs and constants inside 'with net:' "
+            "(for example: net = gb.Network('emb'); with net: ids = net.add_input(...))"
+        )
+    return net
+
+
+def _check_shape(shape: Iterable[Any], what: str) -> Shape:
+    dims = []
+    for dim in shape:
+        if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, (int, np.integer, str)):
+            raise GraphConstructionError(f"{what}: dim {dim!r} must be a non-negative int or a symbolic name (str)")
+        if isinstance(dim, str):
+            if not dim.isidentifier():
+                raise GraphConstructionError(f"{what}: symbolic dim {dim!r} must be an identifier such as 'batch'")
+            dims.append(dim)
+        else:
+            if dim < 0:
+                raise GraphConstructionError(f"{what}: dim {dim} is negative")
+            dims.append(int(dim))
+    return tuple(dims)
+
+
+class Network:
+    """A symbolic network: what users build and passes transform.
+
+    Args:
+        name: the network's name, used for engines and messages.
+    """
+
+    def __init__(self, name: str = "network") -> None:
+        self.name = name
+        self.nodes: list[Node] = []
+        self.inputs: dict[str, Value] = {}
+        self.outputs: dict[str, Value] = {}
+        self.constants: dict[str, Value] = {}
+        self.meta: dict[str, Any] = {}
+        self.node_names = Namespace()
+        self.value_names = Namespace()
+        self._scopes: list[str] = []
+        self._tokens: list[contextvars.Token] = []
+        self._next_instance_id = 0
+
+    # ----------------------------------------------------------------------------- context
+    def __enter__(self) -> "Network":
+        self._tokens.append(_CURRENT.set(self))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _CURRENT.reset(self._tokens.pop())
+
+    @contextlib.contextmanager
+    def scope(self, name: str) -> Iterator[None]:
+        """Prefixes the names of nodes created inside the block with ``name/``."""
+        self._scopes.append(name)
+        try:
+            yield
+        finally:
+            self._scopes.pop()
+
+    @property
+    def scope_prefix(self) -> str:
+        return "/".join(self._scopes)
+
+    def _scoped(self, name: str) -> str:
+        prefix = self.scope_prefix
+        return f"{prefix}/{name}" if prefix else name
+
+    def new_instance_id(self) -> int:
+        """A collective identity that is unique within this network."""
+        used = {n.attrs.get("instance_id") for n in self.nodes}
+        while self._next_instance_id in used:
+            self._next_instance_id += 1
+        self._next_instance_id += 1
+        return self._next_instance_id - 1
+
+    # ----------------------------------------------------------------------------- building
+    def add_input(self, name: str, dtype: dtypes.DTypeLike, shape: Sequence[int | str]) -> "Tensor":
+        """Declares a graph input; dims are ints or symbolic names such as ``"batch"``.
+
+        Raises:
+            GraphConstructionError: the name is taken or the shape is malformed.
+        """
+        if name in self.value_names:
+            raise GraphConstructionError(f"network '{self.name}': input name '{name}' is already used")
+        value = Value(self, self.value_names.claim(name), dtypes.as_dtype(dtype), _check_shape(shape, f"input '{name}'"))
+        self.inputs[value.name] = value
+        return value.tensor()
+
+    def add_constant(self, array: Any, name: Optional[str] = None, dtype: Optional[dtypes.DTypeLike] = None) -> "Tensor":
+        """Adds a constant (an initializer in ONNX terms) holding a copy-free view of ``array``.
+
+        Args:
+            array: array-like; its numpy dtype must be one of graphbuild's dtypes unless ``dtype``
+                is given.
+            name: a hierarchical name such as ``"wte.weight"``; generated when omitted.
+            dtype: converts the array to this dtype first.
+        """
+        data = np.asarray(array)
+        if dtype is not None:
+            data = data.astype(dtypes.as_dtype(dtype).numpy, copy=False)
+        elif data.dtype == np.float64:
+            data = data.astype(np.float32)
+        dt = dtypes.as_dtype(data.dtype)
+        if name is not None and name in self.value_names:
+            raise GraphConstructionError(f"network '{self.name}': constant name '{name}' is already used")
+        vname = self.value_names.claim(name) if name is not None else self.value_names.numbered(self._scoped("const"))
+        value = Value(self, vname, dt, data.shape, const=data)
+        self.constants[vname] = value
+        return value.tensor()
+
+    def mark_output(self, tensor: "Tensor | Value", name: Optional[str] = None) -> None:
+        """Makes ``tensor`` a graph output under ``name`` (defaults to the value's name)."""
+        value = as_value(tensor)
+        if value.network is not self:
+            raise GraphConstructionError(
+                f"network '{self.name}': cannot mark {value.describe()} as output, it belongs to network '{value.network.name}'"
+            )
+        out_name = name or value.name
+        if out_name in self.outputs:
+            raise GraphConstructionError(f"network '{self.name}': output name '{out_name}' is already used")
+        if out_name in self.inputs and self.inputs[out_name] is not value:
+            raise GraphConstructionError(f"network '{self.name}': output name '{out_name}' is an input's name")
+        self.outputs[out_name] = value
+
+    def add_node(
+        self,
+        op: str,
+        inputs: Sequence[Optional[Value]],
+        attrs: Optional[dict[str, Any]] = None,
+        *,
+        name: Optional[str] = None,
+        index: Optional[int] = None,
+        origin: Optional[tuple[str, int, str]] = None,
+    ) -> Node:
+        """Creates a node of registered op ``op`` and its typed outputs.
+
+        The op's shape/dtype rule runs at once, so a bad call fails here, at the user's line.
+
+        Args:
+            op: registry name.
+            inputs: values of this network (``None`` for an omitted optional input).
+            attrs: plain-data attributes.
+            name: requested node name (scoped and made unique).
+            index: insert at this position of ``nodes`` instead of appending (passes use this).
+            origin: creation site; by default the innermost frame outside graphbuild.
+        """
+        from graphbuild.ops.registry import get_op
+
+        opdef = get_op(op)
+        for i, value in enumerate(inputs):
+            if value is not None and value.network is not self:
+                raise GraphConstructionError(
+                    f"{op}: input {i} {value.describe()} belongs to network '{value.network.name}', not '{self.name}'"
+                )
+        node_name = self.node_names.claim(self._scoped(name)) if name else self.node_names.numbered(self._scoped(op))
+        node = Node(self, op, opdef.domain, node_name, tuple(inputs), dict(attrs or {}), origin or user_frame())
+        types = opdef.infer_types(node)
+        node.outputs = tuple(
+            Value(
+                self,
+                self.value_names.claim(node_name if len(types) == 1 else f"{node_name}:{i}"),
+                t.dtype,
+                t.shape,
+                producer=node,
+                index=i,
+            )
+            for i, t in enumerate(types)
+        )
+        node._link_inputs()
+        if index is None:
+            self.nodes.append(node)
+        else:
+            self.nodes.insert(index, node)
+        return node
+
+    # ----------------------------------------------------------------------------- editing
+    def replace_all_uses(self, old: Value, new: Value) -> None:
+        """Redirects every reader of ``old`` (nodes and graph outputs) to ``new``."""
+        for node, index in list(old._uses):
+            node.replace_input(index, new)
+        for out_name, value in self.outputs.items():
+            if value is old:
+                self.outputs[out_name] = new
+
+    def remove_nodes(self, doomed: Iterable[Node]) -> int:
+        """Removes nodes whose outputs nobody reads any more; returns how many were removed.
+
+        Raises:
+            GraphConstructionError: an output of a removed node is still used or is a graph output.
+        """
+        doomed = set(doomed)
+        if not doomed:
+            return 0
+        graph_outputs = {id(v) for v in self.outputs.values()}
+        for node in doomed:
+            for value in node.outputs:
+                live = [u for u, _ in value._uses if u not in doomed]
+                if live or id(value) in graph_outputs:
+                    reader = live[0].describe() if live else "a graph output"
+                    raise GraphConstructionError(f"cannot remove {node.describe()}: {value.describe()} is still read by {reader}")
+        for node in doomed:
+            node._unlink_inputs()
+            self.node_names.release(node.name)
+            for value in node.outputs:
+                self.value_names.release(value.name)
+        self.nodes = [n for n in self.nodes if n not in doomed]
+        return len(doomed)
+
+    def remove_constant(self, value: Value) -> None:
+        """Drops an unused constant."""
+        if value._uses or any(v is value for v in self.outputs.values()):
+            raise GraphConstructionError(f"constant {value.describe()} is still used")
+        del self.constants[value.name]
+        self.value_names.release(value.name)
+
+    def copy(self, name: Optional[str] = None) -> "Network":
+        """A structural copy with the same names; constant payloads are shared, not copied."""
+        twin = Network(name or self.name)
+        twin.meta = dict(self.meta)
+        twin._next_instance_id = self._next_instance_id
+        mapping: dict[int, Value] = {}
+        for value in self.inputs.values():
+            mapping[id(value)] = twin.inputs[value.name] = Value(twin, twin.value_names.claim(value.name), value.dtype, value.shape)
+        for value in self.constants.values():
+            clone = Value(twin, twin.value_names.claim(value.name), value.dtype, value.shape, const=value.const)
+            mapping[id(value)] = twin.constants[value.name] = clone
+        for node in self.nodes:
+            inputs = tuple(None if v is None else mapping[id(v)] for v in node.inputs)
+            clone_node = Node(twin, node.op, node.domain, twin.node_names.claim(node.name), inputs, dict(node.attrs), node.origin)
+            clone_node.meta = dict(node.meta)
+            clone_node.outputs = tuple(
+                Value(twin, twin.value_names.claim(v.name), v.dtype, v.shape, producer=clone_node, index=v.index) for v in node.outputs
+            )
+            for old, new in zip(node.outputs, clone_node.outputs):
+                mapping[id(old)] = new
+            clone_node._link_inputs()
+            twin.nodes.append(clone_node)
+        twin.outputs = {name: mapping[id(value)] for name, value in self.outputs.items()}
+        return twin
+
+    # ----------------------------------------------------------------------------- queries
+    def values(self) -> Iterator[Value]:
+        """Every value: inputs, constants, then node outputs in order."""
+        yield from self.inputs.values()
+        yield from self.constants.values()
+        for node in self.nodes:
+            yield from node.outputs
+
+    def find_node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(f"network '{self.name}' has no node named '{name}'")
+
+    def op_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for node in self.nodes:
+            counts[node.op] = counts.get(node.op, 0) + 1
+        return counts
+
+    def __repr__(self) -> str:
+        return (
+            f"<Network '{self.name}': {len(self.inputs)} inputs, {len(self.constants)} constants, "
+            f"{len(self.nodes)} nodes, {len(self.outputs)} outputs>"
+        )
+
+    def __str__(self) -> str:
+        from graphbuild.ir.printer import format_network
+
+        return format_network(self)
+
+
+def as_value(x: Any) -> Value:
+    """The IR value behind a ``Tensor`` (or a ``Value`` itself)."""
+    from graphbuild.tensor import Tensor
+
+    if isinstance(x, Tensor):
+        return x.value
+    if isinstance(x, Value):
+        return x
+    raise GraphConstructionError(
+        f"expected a graphbuild Tensor, got {type(x).__name__}; wrap arrays with gb.constant(...)"
+    )
