@@ -37,7 +37,7 @@ from graphbuild.ir import Network, Node, Value, current_network
 from graphbuild.tensor import Tensor
 from graphbuild.engine import Engine
 from graphbuild.build import build
-from graphbuild import functional
+from graphbuild import functional, reference
 
 
 def constant(array: Any, name: Optional[str] = None, dtype: Optional[dtypes.DTypeLike] = None) -> Tensor:
@@ -70,4 +70,5 @@ __all__ = [
     "functional",
     "int32",
     "int64",
+    "reference",
 ]

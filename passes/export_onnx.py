@@ -140,7 +140,7 @@ def _to_tensor_proto(array: np.ndarray, name: str) -> TensorProto:
         tensor = TensorProto(name=name, data_type=TensorProto.BFLOAT16, dims=array.shape)
         tensor.raw_data = np.ascontiguousarray(array).view(np.uint16).tobytes()
         return tensor
-    return numpy_helper.from_array(np.ascontiguousarray(array), name)
+    return numpy_helper.from_array(np.ascontiguousarray(array).reshape(array.shape), name)
 
 
 def lower_nodes(

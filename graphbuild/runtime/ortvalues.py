@@ -20,7 +20,7 @@ def to_ortvalue(array: np.ndarray) -> ort.OrtValue:
 
     The caller must keep ``array`` alive while the OrtValue is used.
     """
-    array = np.ascontiguousarray(array)
+    array = np.ascontiguousarray(array).reshape(array.shape)  # ascontiguousarray makes 0-d arrays 1-d
     if array.dtype == dtypes.bfloat16.numpy:
         return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(array.view(np.uint16), dtypes.bfloat16.onnx)
     return ort.OrtValue.ortvalue_from_numpy(array)
