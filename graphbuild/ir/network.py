@@ -235,8 +235,12 @@ class Network:
                 if live or id(value) in graph_outputs:
                     reader = live[0].describe() if live else "a graph output"
                     raise GraphConstructionError(f"cannot remove {node.describe()}: {value.describe()} is still read by {reader}")
+        # Unlink per input value with one filter each: list.remove per use is quadratic when one
+        # value (a shared weight, say) feeds many removed nodes.
+        inputs = {id(v): v for node in doomed for v in node.inputs if v is not None}
+        for value in inputs.values():
+            value._uses = [(user, i) for user, i in value._uses if user not in doomed]
         for node in doomed:
-            node._unlink_inputs()
             self.node_names.release(node.name)
             for value in node.outputs:
                 self.value_names.release(value.name)
@@ -294,6 +298,12 @@ class Network:
         for node in self.nodes:
             counts[node.op] = counts.get(node.op, 0) + 1
         return counts
+
+    def to_networkx(self):
+        """This network as a ``networkx.MultiDiGraph`` of values and ops (see ``graphbuild.ir.graph``)."""
+        from graphbuild.ir.graph import to_networkx
+
+        return to_networkx(self)
 
     def __repr__(self) -> str:
         return (

@@ -66,11 +66,6 @@ class Node:
             if value is not None:
                 value._uses.append((self, i))
 
-    def _unlink_inputs(self) -> None:
-        for i, value in enumerate(self.inputs):
-            if value is not None:
-                value._uses.remove((self, i))
-
     def replace_input(self, index: int, value: Optional["Value"]) -> None:
         """Points input ``index`` at ``value``, keeping both use lists right."""
         old = self.inputs[index]

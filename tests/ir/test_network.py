@@ -152,3 +152,25 @@ def test_printing_shows_every_node(rng):
     assert "input  %input_ids: int64(batch, seq)" in text
     assert "%wte: float32(batch, seq, 4) = embedding(%input_ids, %wte.weight)" in text
     assert "output %emb = %wte" in text
+
+
+def test_to_networkx_mirrors_values_ops_and_edges():
+    import networkx as nx
+
+    net = gb.Network("g")
+    with net:
+        x = net.add_input("x", "float32", ("n", 4))
+        w = gb.constant(np.ones((4, 4), np.float32), name="w")
+        y = F.relu(x @ w)
+        net.mark_output(y, "y")
+        net.mark_output(x @ w, "z")
+    graph = net.to_networkx()
+    ops = [n for n, data in graph.nodes(data=True) if data["kind"] == "op"]
+    assert sorted(graph.nodes[n]["op"] for n in ops) == ["matmul", "matmul", "relu"]
+    assert graph.nodes["%x"]["kind"] == "input" and graph.nodes["%w"]["kind"] == "constant"
+    # every op reads its inputs and writes its outputs: 2+2+1 reads, 3 writes
+    assert graph.number_of_edges() == 8
+    assert nx.is_directed_acyclic_graph(graph)
+    order = [graph.nodes[n]["op"] for n in nx.topological_sort(graph) if graph.nodes[n]["kind"] == "op"]
+    assert order.index("relu") > min(i for i, op in enumerate(order) if op == "matmul")
+    assert graph.nodes[f"%{y.name}"]["outputs"] == ["y"]
