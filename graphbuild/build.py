@@ -16,6 +16,7 @@ import graphbuild
 from graphbuild.engine import FORMAT, FORMAT_VERSION, Engine, TensorSpec, write_engine
 from graphbuild.errors import GraphConstructionError, PartitionError
 from graphbuild.ir import Network, Node, Value
+from graphbuild.ir.value import format_shape
 from graphbuild.plugin import DOMAIN, DOMAIN_VERSION, TP_EMBEDDING
 
 
@@ -67,6 +68,29 @@ def _rank_networks(networks: Sequence[Network], verify_each_pass: bool) -> list[
     return ranks
 
 
+def _interface(net: Network) -> tuple[dict[str, str], dict[str, str]]:
+    inputs = {name: f"{v.dtype.name} {format_shape(v.shape)}" for name, v in net.inputs.items()}
+    outputs = {name: v.dtype.name for name, v in net.outputs.items()}
+    return inputs, outputs
+
+
+def _check_same_interface(networks: Sequence[Network]) -> None:
+    """Rank-local networks make one engine: every rank takes the same inputs and gives the same outputs."""
+    first_inputs, first_outputs = _interface(networks[0])
+    for net in networks[1:]:
+        inputs, outputs = _interface(net)
+        for what, mine, theirs in (("inputs", inputs, first_inputs), ("outputs", outputs, first_outputs)):
+            if mine != theirs:
+                raise GraphConstructionError(
+                    f"network '{net.name}' has {what} {_listing(mine)} but network '{networks[0].name}' has "
+                    f"{_listing(theirs)}; the rank-local networks of one engine must agree on their {what}"
+                )
+
+
+def _listing(specs: dict[str, str]) -> str:
+    return "{" + ", ".join(f"{name}: {spec}" for name, spec in specs.items()) + "}"
+
+
 def build(
     network: Union[Network, Sequence[Network]],
     output_dir: Union[str, Path],
@@ -109,6 +133,7 @@ def build(
     source = networks[0]
     if not source.outputs:
         raise GraphConstructionError(f"network '{source.name}' has no outputs; mark some with net.mark_output(tensor, name)")
+    _check_same_interface(networks)
     opset = opset or DEFAULT_OPSET
     ranks = _rank_networks(networks, verify_each_pass)
     schedules = [segment(net) for net in ranks]

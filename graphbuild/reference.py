@@ -12,7 +12,7 @@ static dims the op's shape rule inferred, and a symbolic dim must take one size 
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -118,7 +118,10 @@ def run_ranks(networks: Sequence[Network], feeds: Union[Feeds, Sequence[Feeds]])
 
     Args:
         networks: one network per rank.
-        feeds: one mapping shared by every rank, or one mapping per rank.
+        feeds: one mapping shared by every rank, or one mapping per rank (matching ``networks``).
+
+    User-written rank-local networks (embeddings carrying ``tp_rank``) may come in any order: they
+    are partitioned first, exactly as ``gb.build`` partitions them, and run in rank order.
 
     Returns:
         Each rank's outputs, in rank order.
@@ -136,6 +139,7 @@ def run_ranks(networks: Sequence[Network], feeds: Union[Feeds, Sequence[Feeds]])
         per_rank = feeds
     else:
         raise InputError(f"run_ranks: got {len(feeds)} feed mappings for {len(networks)} networks; give one per rank or one shared")
+    networks, per_rank = _lower_rank_local(networks, per_rank)
     ranks = [_Interpreter(net, f, f"rank {r} (network '{net.name}')") for r, (net, f) in enumerate(zip(networks, per_rank))]
     positions = [0] * len(networks)
     while True:
@@ -161,6 +165,30 @@ def run_ranks(networks: Sequence[Network], feeds: Union[Feeds, Sequence[Feeds]])
                 progressed = True
         if not progressed:
             raise ExecutionError(f"run_ranks: the ranks do not meet at a common collective: {_states(ranks, positions)}")
+
+
+def _rank_local_position(net: Network) -> Optional[int]:
+    for node in net.nodes:
+        if node.op == "embedding" and node.attrs.get("tp_rank") is not None:
+            return int(node.attrs["tp_rank"])
+    return None
+
+
+def _lower_rank_local(networks: Sequence[Network], per_rank: Sequence[Feeds]) -> tuple[Sequence[Network], Sequence[Feeds]]:
+    """Partitions user-written rank-local networks, as ``gb.build`` does, into rank order.
+
+    A rank-local ``embedding`` (one carrying ``tp_rank``) only has meaning together with its peers:
+    the partition pass turns it into the shard lookup and the collective that joins the ranks.
+    Networks without one (already partitioned, or written with explicit collectives) run as given.
+    """
+    positions = [_rank_local_position(net) for net in networks]
+    if all(position is None for position in positions):
+        return networks, per_rank
+    from graphbuild.passes.partition import partition_ranks  # passes build on the IR, not the reverse
+
+    ranked = partition_ranks(networks)  # checks coverage, agreement and collective order
+    order = sorted(range(len(networks)), key=lambda i: positions[i] if positions[i] is not None else -1)
+    return ranked, [per_rank[i] for i in order]
 
 
 def _members(node: Node, rank: int, world: int) -> list[int]:

@@ -36,7 +36,7 @@ def _check_segment_references(root: Path, manifest: Mapping[str, Any]) -> None:
                     continue
                 location = next((e.value for e in tensor.external_data if e.key == "location"), "")
                 relpath = f"{folder}/{location}" if folder not in ("", ".") else location
-                resolve_inside(root, relpath, what=f"external data of '{tensor.name}' in {step['file']}")
+                resolve_inside(root, relpath, what=f"external data of '{tensor.name}'", source=model_path)
                 if relpath not in listed:
                     raise EngineError(f"{model_path}: initializer '{tensor.name}' refers to '{location}', which the manifest does not list")
 

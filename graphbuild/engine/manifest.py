@@ -56,21 +56,24 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def resolve_inside(root: Path, relpath: str, *, what: str) -> Path:
+def resolve_inside(root: Path, relpath: str, *, what: str, source: Optional[Path] = None) -> Path:
     """``root / relpath`` after checking it is a plain relative path that stays inside ``root``.
+
+    ``source`` is the file that holds the reference (the manifest unless given); errors name it.
 
     Raises:
         EngineError: absolute paths, ``..`` components, or symlinks leading outside ``root``.
     """
+    source = source or root / MANIFEST
     pure = PurePosixPath(relpath)
     if not relpath or pure.is_absolute() or "\\" in relpath or any(part in ("..", "") for part in pure.parts):
-        raise EngineError(f"{root / MANIFEST}: {what} '{relpath}' is not a relative path inside the engine directory")
+        raise EngineError(f"{source}: {what} '{relpath}' is not a relative path inside the engine directory")
     path = root.joinpath(*pure.parts)
     real_root = root.resolve()
     try:
         path.resolve().relative_to(real_root)
     except ValueError:
-        raise EngineError(f"{root / MANIFEST}: {what} '{relpath}' leads outside the engine directory") from None
+        raise EngineError(f"{source}: {what} '{relpath}' leads outside the engine directory") from None
     return path
 
 

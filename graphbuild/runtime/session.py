@@ -20,8 +20,11 @@ from graphbuild.errors import EngineError
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 
-# ONNX Runtime warns on stderr about things graphbuild handles itself; keep errors only.
-ort.set_default_logger_severity(3)
+# ONNX Runtime logs on stderr what graphbuild handles itself: warnings, and every failed kernel call,
+# which also comes back as a status that graphbuild turns into a GraphBuildError naming op and node.
+# Keep only fatal messages; GRAPHBUILD_ORT_LOG_SEVERITY (0 verbose .. 4 fatal) shows more.
+ORT_LOG_SEVERITY = int(os.environ.get("GRAPHBUILD_ORT_LOG_SEVERITY", "4"))
+ort.set_default_logger_severity(ORT_LOG_SEVERITY)
 
 
 @functools.cache
@@ -52,7 +55,7 @@ def default_providers() -> list[str]:
 
 def session_options(*, needs_plugin: bool, intra_op_threads: Optional[int] = None) -> ort.SessionOptions:
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = ORT_LOG_SEVERITY
     if intra_op_threads is not None:
         options.intra_op_num_threads = intra_op_threads
     if needs_plugin:
