@@ -1,0 +1,74 @@
+"""Helpers shared by the ``graphbuild`` subcommands: the CLI's error type, table and number
+formatting, and atomic file writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, IO, Sequence
+
+from graphbuild.errors import GraphBuildError
+from graphbuild.ir.value import format_shape
+
+__all__ = ["CLIError", "format_bytes", "format_counts", "format_shape", "format_table", "write_atomically"]
+
+
+class CLIError(GraphBuildError):
+    """Bad command-line input: a spec, an option value, a file the user named."""
+
+
+def format_bytes(count: int) -> str:
+    """``1536`` -> ``"1.5 KiB"``; plain bytes below 1 KiB."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"  # unreachable; keeps type checkers content
+
+
+def format_counts(counts: dict[str, int]) -> str:
+    """``{"tp_embedding": 1, "allreduce": 1}`` -> ``"allreduce:1 tp_embedding:1"`` (sorted)."""
+    return " ".join(f"{op}:{n}" for op, n in sorted(counts.items())) or "-"
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], indent: str = "  ") -> str:
+    """A plain-text table with left-aligned columns and a dashed rule under the header."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def line(row: Sequence[str]) -> str:
+        return (indent + "  ".join(c.ljust(w) for c, w in zip(row, widths))).rstrip()
+
+    rule = indent + "  ".join("-" * w for w in widths)
+    return "\n".join([line(cells[0]), rule] + [line(row) for row in cells[1:]])
+
+
+def write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Writes ``path`` through a temporary file in the same directory, renamed into place.
+
+    An interrupted write leaves no partial file at ``path``.
+    """
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise CLIError(f"cannot write '{path}': directory '{directory}' does not exist")
+    handle = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        with handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        _unlink_quietly(Path(handle.name))
+        raise
+
+
+def _unlink_quietly(path: Path) -> None:
+    """Removes ``path`` if it exists."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,113 @@
+"""``graphbuild inspect``: describe an engine directory and verify its files.
+
+Prints the engine's name, format, tp_size, inputs and outputs, a per-rank table (segments,
+collectives, ONNX nodes, weight bytes, graphbuild ops by count), each rank's ordered steps, the
+custom ops it needs, and every file with its checksum status. Exits non-zero, naming the bad files,
+when any file is missing, truncated or tampered with. Nothing is loaded into ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from graphbuild.tools.common import CLIError, format_bytes, format_counts, format_shape, format_table
+
+
+def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "inspect",
+        parents=parents,
+        help="describe an engine and verify its files' checksums",
+        description=__doc__.split("\n\n", 1)[1],
+    )
+    parser.add_argument("engine", metavar="ENGINE", help="engine directory written by 'graphbuild build'")
+    parser.add_argument("--json", action="store_true", help="print the manifest and the file check as JSON instead")
+    parser.set_defaults(handler=run_inspect)
+
+
+def _specs_table(specs: list[dict[str, Any]]) -> str:
+    return format_table(["name", "dtype", "shape"], [(s["name"], s["dtype"], format_shape(s["shape"])) for s in specs])
+
+
+def _rank_rows(manifest: dict[str, Any]) -> list[tuple[Any, ...]]:
+    rows = []
+    for rank in manifest["ranks"]:
+        steps = rank["steps"]
+        collectives: dict[str, int] = {}
+        for step in steps:
+            if step["kind"] == "collective":
+                collectives[step["op"]] = collectives.get(step["op"], 0) + 1
+        rows.append(
+            (
+                rank.get("rank", "?"),
+                sum(1 for s in steps if s["kind"] == "segment"),
+                format_counts(collectives),
+                sum(int(s.get("onnx_nodes", 0)) for s in steps if s["kind"] == "segment"),
+                format_bytes(int(rank.get("weight_bytes", 0))),
+                format_counts(rank.get("ops", {})),
+            )
+        )
+    return rows
+
+
+def _step_lines(rank: dict[str, Any]) -> list[str]:
+    rows = []
+    for position, step in enumerate(rank["steps"]):
+        if step["kind"] == "segment":
+            detail = f"{step['file']}  {step.get('onnx_nodes', '?')} ONNX node(s)  ops {format_counts(step.get('ops', {}))}"
+            flow = f"{', '.join(step.get('inputs', [])) or '-'} -> {', '.join(step.get('outputs', [])) or '-'}"
+            rows.append((position, "segment", detail, flow))
+        else:
+            detail = f"'{step.get('name', '?')}' instance {step.get('instance_id', '?')} group {step.get('group', '?')}"
+            rows.append((position, step["op"], detail, f"{step.get('input', '?')} -> {step.get('output', '?')}"))
+    return format_table(["step", "kind", "what", "values"], rows, indent="    ").splitlines()
+
+
+def describe(manifest: dict[str, Any], path: str, checks: list[tuple[str, str]]) -> str:
+    """The text ``graphbuild inspect`` prints."""
+    custom = ", ".join(f"{op['domain']}::{op['op_type']} (since version {op.get('since_version', '?')})" for op in manifest["custom_ops"])
+    lines = [
+        f"engine '{manifest['name']}' at {path}",
+        f"  format      {manifest['format']} v{manifest['format_version']} (graphbuild {manifest.get('graphbuild_version', '?')}), opset {manifest.get('opset', '?')}",
+        f"  tp_size     {manifest['tp_size']}, tp_group {manifest.get('tp_group', '?')}",
+        f"  custom ops  {custom or 'none (standard ONNX only)'}",
+        "",
+        "inputs",
+        _specs_table(manifest["inputs"]),
+        "outputs",
+        _specs_table(manifest["outputs"]),
+        "",
+        "ranks",
+        format_table(["rank", "segments", "collectives", "onnx nodes", "weight bytes", "nodes by op"], _rank_rows(manifest)),
+    ]
+    for rank in manifest["ranks"]:
+        lines += ["", f"rank {rank.get('rank', '?')} steps"] + _step_lines(rank)
+    files = manifest["files"]
+    total = sum(int(entry.get("bytes", 0)) for entry in files.values())
+    status = dict(checks)
+    rows = []
+    for relpath, entry in files.items():
+        state = status.get(relpath, "not checked")
+        rows.append((relpath, format_bytes(int(entry.get("bytes", 0))), str(entry.get("sha256", ""))[:16], state if state == "ok" else state.upper()))
+    bad = sum(1 for _, state in checks if state != "ok")
+    verdict = f"all {len(checks)} files OK" if not bad else f"{bad} of {len(checks)} files FAILED"
+    lines += ["", f"files ({len(files)}, {format_bytes(total)})", format_table(["file", "size", "sha256", "check"], rows), f"checksums: {verdict}"]
+    return "\n".join(lines)
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from graphbuild.engine import read_manifest, verify_files
+
+    manifest = read_manifest(args.engine)
+    checks = verify_files(args.engine, manifest)
+    if args.json:
+        report = {"path": args.engine, "manifest": manifest, "files": {rel: state for rel, state in checks}}
+        print(json.dumps(report, indent=2))
+    else:
+        print(describe(manifest, args.engine, checks))
+    bad = [f"{rel} ({state})" for rel, state in checks if state != "ok"]
+    if bad:
+        raise CLIError(f"engine '{args.engine}' failed verification: {', '.join(bad)}; rebuild it")
+    return 0

@@ -1,0 +1,228 @@
+"""``graphbuild run``: run an engine on inputs given on the command line or in files.
+
+An ``--input NAME=SOURCE`` source is one of:
+
+- ``ids.npy`` or ``@ids.npy``: a numpy file (its dtype must match the input's);
+- ``batch.npz`` or ``batch.npz:key`` (``@`` prefix optional): an array of an ``.npz`` archive, by
+  default the one named like the input;
+- ``1,2,3``: comma-separated numbers, cast to the input's dtype; a flat list gets leading 1-dims
+  up to the input's rank (``input_ids`` of shape ``(batch, seq)`` and ``1,2,3`` give ``[[1, 2, 3]]``);
+- ``[[1,2],[3,4]]``: a JSON-style nested list, cast and padded with leading 1-dims the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import zipfile
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from graphbuild import dtypes
+from graphbuild.tools.common import CLIError, format_shape, write_atomically
+
+_PREVIEW = 6
+_SOURCES_HELP = """\
+input sources (--input NAME=SOURCE):
+  ids.npy, @ids.npy          a .npy file; its dtype must match the input's
+  batch.npz[:key]            an array of an .npz archive (default key: the input's name)
+  1,2,3                      numbers cast to the input's dtype; leading 1-dims are added up to
+                             the input's rank: input_ids (batch, seq) with 1,2,3 is [[1, 2, 3]]
+  [[1,2],[3,4]]              a nested list, cast and padded the same way
+"""
+
+
+def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        parents=parents,
+        help="run an engine (all ranks in this process) and print its outputs",
+        description="Runs every rank of ENGINE in this process and prints rank 0's outputs.",
+        epilog=_SOURCES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("engine", metavar="ENGINE", help="engine directory written by 'graphbuild build'")
+    parser.add_argument("-i", "--input", dest="inputs", action="append", default=[], metavar="NAME=SOURCE", help="an input: NAME=file.npy, NAME=file.npz[:key], NAME=1,2,3 or NAME=[[1,2],[3,4]]; repeatable")
+    parser.add_argument("-o", "--output", metavar="FILE.npz", help="also write every output to this .npz file")
+    parser.add_argument("--no-verify", action="store_true", help="skip the checksum check of the engine's files")
+    parser.set_defaults(handler=run_run)
+
+
+# --------------------------------------------------------------------------------- inputs
+def _is_file_source(source: str) -> bool:
+    if source.startswith("@"):
+        return True
+    head = source.rpartition(":")[0] if source.rpartition(":")[0].endswith(".npz") else source
+    return head.endswith((".npy", ".npz"))
+
+
+def load_file_source(name: str, source: str) -> np.ndarray:
+    """The array an ``@file.npy`` / ``file.npz:key`` source names."""
+    text = source[1:] if source.startswith("@") else source
+    key: Optional[str] = None
+    if ".npz:" in text:
+        text, _, key = text.rpartition(":")
+    path = Path(text)
+    if not path.is_file():
+        raise CLIError(f"--input {name}: file '{path}' does not exist")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise CLIError(f"--input {name}: '{path}' is not a readable .npy/.npz file ({exc})") from None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            wanted = key or name
+            if wanted not in loaded.files:
+                raise CLIError(f"--input {name}: '{path}' has no array '{wanted}' (it holds {loaded.files}); name one with {path}:KEY")
+            return loaded[wanted]
+    if key is not None:
+        raise CLIError(f"--input {name}: '{path}' is a single array; drop ':{key}'")
+    return loaded
+
+
+def parse_literal(name: str, text: str, dtype: dtypes.DType) -> np.ndarray:
+    """Values written on the command line (``1,2,3`` or a nested ``[[1,2],[3,4]]``), as ``dtype``."""
+    stripped = text.strip()
+    try:
+        if stripped.startswith("["):
+            data = json.loads(stripped)
+        else:
+            data = [json.loads(tok) if tok.strip() else _fail_token(tok) for tok in stripped.split(",")]
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise CLIError(f"--input {name}={text}: not a list of numbers ({exc}); write 1,2,3 or [[1,2],[3,4]], or @FILE for a file") from None
+    try:
+        values = np.array(data)
+    except ValueError as exc:
+        raise CLIError(f"--input {name}={text}: nested lists must be rectangular ({exc})") from None
+    if values.dtype == object or values.dtype.kind not in "biuf":
+        raise CLIError(f"--input {name}={text}: expected numbers, got {values.dtype.name} data")
+    return _cast_literal(name, text, values, dtype)
+
+
+def _fail_token(token: str) -> Any:
+    raise ValueError(f"empty value in '{token}'")
+
+
+def _cast_literal(name: str, text: str, values: np.ndarray, dtype: dtypes.DType) -> np.ndarray:
+    if dtype.is_int:
+        if values.dtype.kind == "f" and not np.all(np.isfinite(values) & (values == np.round(values))):
+            raise CLIError(f"--input {name}={text}: input '{name}' is {dtype}, but the values are not all integers")
+        info = np.iinfo(dtype.numpy)
+        if values.size and (values.min() < info.min or values.max() > info.max):
+            raise CLIError(f"--input {name}={text}: values do not fit {dtype} [{info.min}, {info.max}]")
+    elif dtype.name == "bool" and values.size and not np.isin(values, (0, 1)).all():
+        raise CLIError(f"--input {name}={text}: input '{name}' is bool; use true/false or 1/0")
+    return values.astype(dtype.numpy)
+
+
+def fit_rank(name: str, array: np.ndarray, rank: int, shape: Sequence[Any]) -> np.ndarray:
+    """Prepends 1-dims so a literal's ``ndim`` matches the input's rank (one value fits a scalar)."""
+    if rank == 0 and array.size == 1:
+        return array.reshape(())
+    if array.ndim > rank:
+        raise CLIError(f"--input {name}: {array.ndim}-D values for an input of rank {rank} {format_shape(shape)}")
+    return array.reshape((1,) * (rank - array.ndim) + array.shape)
+
+
+def read_inputs(items: Sequence[str], specs: Sequence[Any], engine_name: str) -> dict[str, np.ndarray]:
+    """Parses every ``--input NAME=SOURCE`` against the engine's input specs.
+
+    Raises:
+        CLIError: bad syntax, an unknown or repeated name, a missing input, an unreadable file or
+            values that do not fit the input's dtype.
+    """
+    by_name = {spec.name: spec for spec in specs}
+    listing = ", ".join(f"{s.name}: {s.dtype}{format_shape(s.shape)}" for s in specs)
+    feeds: dict[str, np.ndarray] = {}
+    for item in items:
+        name, sep, source = item.partition("=")
+        name = name.strip()
+        if not sep or not name or not source.strip():
+            raise CLIError(f"bad --input '{item}': expected NAME=SOURCE, e.g. input_ids=1,2,3 or input_ids=ids.npy")
+        if name not in by_name:
+            raise CLIError(f"--input {name}: engine '{engine_name}' has no input '{name}' (its inputs: {listing})")
+        if name in feeds:
+            raise CLIError(f"--input {name} is given twice")
+        spec = by_name[name]
+        if _is_file_source(source):
+            array = load_file_source(name, source)
+            if array.dtype.kind == "V" and array.dtype.itemsize == 2 and spec.dtype == dtypes.bfloat16:
+                array = array.view(dtypes.bfloat16.numpy)  # .npy keeps bfloat16 as raw 2-byte records
+        else:
+            array = fit_rank(name, parse_literal(name, source, spec.dtype), len(spec.shape), spec.shape)
+        feeds[name] = array
+    missing = [spec.name for spec in specs if spec.name not in feeds]
+    if missing:
+        raise CLIError(f"engine '{engine_name}' needs input(s) {missing}; give them with --input NAME=SOURCE (its inputs: {listing})")
+    return feeds
+
+
+# --------------------------------------------------------------------------------- outputs
+def summarize_array(array: np.ndarray) -> str:
+    """``min -1.2 max 3.4 mean 0.01 std 0.99`` (or the counts of a bool array)."""
+    if array.size == 0:
+        return "empty"
+    if array.dtype == np.bool_:
+        return f"true {int(array.sum())} of {array.size}"
+    data = array.astype(np.float64)
+    finite = data[np.isfinite(data)]
+    parts = [] if finite.size == data.size else [f"non-finite {data.size - finite.size}"]
+    if finite.size:
+        parts.insert(0, f"min {finite.min():.6g} max {finite.max():.6g} mean {finite.mean():.6g} std {finite.std():.6g}")
+    return "  ".join(parts)
+
+
+def preview(array: np.ndarray, count: int = _PREVIEW) -> str:
+    """The first ``count`` values in flat order: ``[0.12, -0.5, ...]``."""
+    flat = array.reshape(-1)[:count]
+    if array.dtype == np.bool_ or array.dtype.kind in "iu":
+        items = [str(v) for v in flat.tolist()]
+    else:
+        items = [f"{v:.6g}" for v in flat.astype(np.float64).tolist()]
+    more = ", ..." if array.size > count else ""
+    return "[" + ", ".join(items) + more + "]"
+
+
+def save_npz(path: Path, outputs: dict[str, np.ndarray]) -> list[str]:
+    """Writes ``outputs`` to ``path`` atomically; returns the names saved as float32 (bfloat16 ones,
+    which ``.npz`` cannot describe)."""
+    widened = [name for name, a in outputs.items() if a.dtype == dtypes.bfloat16.numpy]
+    arrays = {name: (a.astype(np.float32) if name in widened else a) for name, a in outputs.items()}
+
+    def write(handle: Any) -> None:
+        # np.savez(handle, **arrays) would reject outputs named like its own parameters ("file").
+        with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for name, array in arrays.items():
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+
+    write_atomically(path, write)
+    return widened
+
+
+def run_run(args: argparse.Namespace) -> int:
+    import graphbuild as gb
+
+    if args.output and not Path(args.output).resolve().parent.is_dir():
+        raise CLIError(f"--output {args.output}: directory '{Path(args.output).parent}' does not exist")
+    start = time.perf_counter()
+    engine = gb.Engine.load(args.engine, verify=not args.no_verify)
+    loaded = time.perf_counter()
+    feeds = read_inputs(args.inputs, engine.inputs, engine.name)
+    begin = time.perf_counter()
+    outputs = engine.run(feeds)
+    ran = time.perf_counter()
+    print(f"engine '{engine.name}' (tp_size {engine.tp_size}): load {1000 * (loaded - start):.0f} ms, run {1000 * (ran - begin):.1f} ms")
+    for name, array in outputs.items():
+        print(f"{name}: {array.dtype.name}{format_shape(array.shape)}  {summarize_array(array)}")
+        if array.size:
+            print(f"  {preview(array)}")
+    if args.output:
+        path = Path(args.output)
+        widened = save_npz(path, outputs)
+        note = f" ({', '.join(widened)} saved as float32)" if widened else ""
+        print(f"wrote {path}{note}")
+    return 0
