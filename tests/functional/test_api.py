@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import inspect
 
+import numpy as np
 import pytest
 
 import graphbuild as gb
@@ -40,3 +41,47 @@ def test_node_names_are_scoped_and_unique():
             second = F.relu(first, name="act")
             third = F.softmax(second)
     assert [first.name, second.name, third.name] == ["block/act", "block/act_1", "block/softmax_0"]
+
+
+INDEXES = [
+    (slice(None), 1),
+    (slice(None), slice(1, None)),
+    (Ellipsis, slice(None, None, -2)),
+    (-1,),
+    (0, Ellipsis, 2),
+    (None, slice(None), -2, None),
+    (slice(-3, None), None, 0, slice(1, 3)),
+    (1, 2, 3),
+]
+
+
+@pytest.mark.parametrize("key", INDEXES, ids=repr)
+def test_basic_indexing_matches_numpy(key, rng, tmp_path):
+    array = rng.standard_normal((3, 4, 5)).astype("float32")
+    net = gb.Network("index")
+    with net:
+        x = net.add_input("x", "float32", ("n", 4, 5))
+        y = x[key]
+        net.mark_output(y, "y")
+    expected = array[key]
+    assert len(y.shape) == expected.ndim
+    np.testing.assert_array_equal(gb.reference.run(net, {"x": array})["y"], expected)
+    np.testing.assert_array_equal(gb.build(net, tmp_path / "e").run({"x": array})["y"], expected)
+
+
+@pytest.mark.parametrize(
+    "key, message",
+    [
+        ((0, 0, 0, 0), "4 indices for a tensor of rank 3"),
+        ((Ellipsis, Ellipsis), "only have one ellipsis"),
+        ((slice(None), 4), "index 4 is out of bounds for axis 1 with size 4"),
+        ((slice(None), slice(None), -6), "index -6 is out of bounds for axis 2 with size 5"),
+        (([0, 1],), "unsupported index \\[0, 1\\] \\(list\\).*functional.gather"),
+    ],
+)
+def test_bad_indexes_are_named(key, message):
+    net = gb.Network("index")
+    with net:
+        x = net.add_input("x", "float32", ("n", 4, 5))
+        with pytest.raises(gb.GraphConstructionError, match=message):
+            x[key]
