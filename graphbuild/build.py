@@ -20,12 +20,6 @@ from graphbuild.ir.value import format_shape
 from graphbuild.plugin import DOMAIN, DOMAIN_VERSION, TP_EMBEDDING
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _output_through_identity(net: Network) -> None:
     """Outputs that are constants get an identity node, so some segment produces them."""
     for name, value in list(net.outputs.items()):
@@ -44,7 +38,7 @@ def _collective_step(node: Node) -> dict[str, Any]:
         "input": node.inputs[0].name,
         "workspace": workspace.name if workspace is not None else None,
         "output": node.output.name,
-        "attrs": {k: _json_safe(v) for k, v in node.attrs.items()},
+        "attrs": dict(node.attrs),  # plain data (verified); json writes tuples as lists
     }
 
 
@@ -63,7 +57,7 @@ def _rank_networks(networks: Sequence[Network], verify_each_pass: bool) -> list[
         )
     cleanup = DeadCodeEliminationPass()
     for net in ranks:
-        cleanup.call(net)
+        cleanup(net)
         _output_through_identity(net)
     return ranks
 
@@ -124,7 +118,7 @@ def build(
         GraphBuildError: the network is invalid, cannot be partitioned or exported, or the
             directory cannot be written; the message names the op, node or file.
     """
-    from graphbuild.passes import check_same_schedule, segment
+    from graphbuild.passes import CollectiveStep, check_same_schedule, segment
     from graphbuild.passes.export_onnx import DEFAULT_OPSET, lower_nodes, write_model
 
     networks = [network] if isinstance(network, Network) else list(network)
@@ -144,7 +138,7 @@ def build(
     for rank, (net, steps) in enumerate(zip(ranks, schedules)):
         entries = []
         for step in steps:
-            if not hasattr(step, "nodes"):
+            if isinstance(step, CollectiveStep):
                 entries.append(_collective_step(step.node))
                 continue
             relpath = f"rank{rank}/segment{step.index}.onnx"

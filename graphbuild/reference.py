@@ -12,7 +12,7 @@ static dims the op's shape rule inferred, and a symbolic dim must take one size 
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 
@@ -167,11 +167,8 @@ def run_ranks(networks: Sequence[Network], feeds: Union[Feeds, Sequence[Feeds]])
             raise ExecutionError(f"run_ranks: the ranks do not meet at a common collective: {_states(ranks, positions)}")
 
 
-def _rank_local_position(net: Network) -> Optional[int]:
-    for node in net.nodes:
-        if node.op == "embedding" and node.attrs.get("tp_rank") is not None:
-            return int(node.attrs["tp_rank"])
-    return None
+def _has_rank_local_embedding(net: Network) -> bool:
+    return any(node.op == "embedding" and node.attrs.get("tp_rank") is not None for node in net.nodes)
 
 
 def _lower_rank_local(networks: Sequence[Network], per_rank: Sequence[Feeds]) -> tuple[Sequence[Network], Sequence[Feeds]]:
@@ -180,14 +177,14 @@ def _lower_rank_local(networks: Sequence[Network], per_rank: Sequence[Feeds]) ->
     A rank-local ``embedding`` (one carrying ``tp_rank``) only has meaning together with its peers:
     the partition pass turns it into the shard lookup and the collective that joins the ranks.
     Networks without one (already partitioned, or written with explicit collectives) run as given.
+    The feeds follow their networks into rank order (a rank's position in its ``tp_group``).
     """
-    positions = [_rank_local_position(net) for net in networks]
-    if all(position is None for position in positions):
+    if not any(_has_rank_local_embedding(net) for net in networks):
         return networks, per_rank
-    from graphbuild.passes.partition import partition_ranks  # passes build on the IR, not the reverse
+    from graphbuild.passes import partition_ranks, rank_order  # passes build on the IR, not the reverse
 
+    order = rank_order(networks)
     ranked = partition_ranks(networks)  # checks coverage, agreement and collective order
-    order = sorted(range(len(networks)), key=lambda i: positions[i] if positions[i] is not None else -1)
     return ranked, [per_rank[i] for i in order]
 
 

@@ -19,7 +19,7 @@ from graphbuild.passes.eliminate_dead_code import DeadCodeEliminationPass
 from graphbuild.passes.fold_constants import ConstantFoldingPass
 from graphbuild.passes.infer_shapes import ShapeInferencePass
 from graphbuild.passes.infra import Pass, PassManager, PassResult
-from graphbuild.passes.partition import infer_tp_size, partition, partition_ranks
+from graphbuild.passes.partition import infer_tp_size, partition, partition_ranks, rank_order
 from graphbuild.passes.segment import CollectiveStep, Segment, Step, check_same_schedule, segment
 from graphbuild.passes.verify import VerifyPass, verify_network
 
@@ -55,6 +55,7 @@ __all__ = [
     "infer_tp_size",
     "partition",
     "partition_ranks",
+    "rank_order",
     "segment",
     "verify_network",
 ]

@@ -25,6 +25,7 @@ import graphbuild
 from graphbuild import dtypes
 from graphbuild.errors import ExportError, GraphBuildError
 from graphbuild.ir import Network, Node, Value
+from graphbuild.ir.names import Namespace
 from graphbuild.ops.registry import get_op
 from graphbuild.plugin import DOMAIN, DOMAIN_VERSION
 
@@ -66,8 +67,8 @@ class _Lowering:
         self.checks: list[dict[str, Any]] = []
         self.check_outputs: list[onnx.ValueInfoProto] = []
         self.domains: set[str] = set()
-        self._tensor_names: set[str] = set()
-        self._node_names: set[str] = set()
+        self._tensor_names = Namespace()
+        self._node_names = Namespace()
         self._current: Optional[Node] = None
         self._added_constants: set[str] = set()
 
@@ -79,11 +80,11 @@ class _Lowering:
         return value.name
 
     def fresh(self, hint: str) -> str:
-        return self._unique(self._tensor_names, hint)
+        return self._tensor_names.claim(hint)
 
     def emit(self, op_type: str, inputs: Sequence[str], outputs: Sequence[str], *, domain: str = "", name: Optional[str] = None, **attrs: Any) -> Sequence[str]:
         base = name or (f"{self._current.name}/{op_type}" if self._current is not None else op_type)
-        node = helper.make_node(op_type, list(inputs), list(outputs), name=self._unique(self._node_names, base), domain=domain or None, **attrs)
+        node = helper.make_node(op_type, list(inputs), list(outputs), name=self._node_names.claim(base), domain=domain or None, **attrs)
         self.nodes.append(node)
         if domain:
             self.domains.add(domain)
@@ -99,20 +100,14 @@ class _Lowering:
         self.check_outputs.append(helper.make_tensor_value_info(tensor, TensorProto.INT64, [3]))
 
     # --- helpers ----------------------------------------------------------------------------
-    @staticmethod
-    def _unique(taken: set[str], base: str) -> str:
-        name, k = base, 0
-        while name in taken:
-            k += 1
-            name = f"{base}_{k}"
-        taken.add(name)
-        return name
-
     def reserve(self, names: Iterable[str]) -> None:
-        self._tensor_names.update(names)
+        """Keeps ``fresh`` from handing out ``names`` (tensor names the model already uses)."""
+        for name in names:
+            if name not in self._tensor_names:
+                self._tensor_names.claim(name)
 
     def add_initializer(self, name: str, array: np.ndarray) -> None:
-        self._tensor_names.add(name)
+        self.reserve([name])
         if self._threshold is not None and array.nbytes > self._threshold:
             tensor = TensorProto(name=name, data_type=dtypes.as_dtype(array.dtype).onnx, dims=array.shape)
             self.external[name] = array
@@ -169,7 +164,11 @@ def lower_nodes(
         graph_name: the ONNX graph's name.
     """
     ctx = _Lowering(opset=opset, use_plugin=use_plugin, external_data_threshold=external_data_threshold)
-    ctx.reserve(v.name for v in net.values())
+    # Only the values this model holds: reserving every value of ``net`` would cost the whole
+    # network's size once per segment.
+    ctx.reserve(v.name for v in inputs)
+    ctx.reserve(v.name for node in nodes for v in (*node.inputs, *node.outputs) if v is not None)
+    ctx.reserve(v.name for _, v in outputs)
     ctx.reserve(name for name, _ in outputs)
     ops: dict[str, int] = {}
     for node in nodes:

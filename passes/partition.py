@@ -146,7 +146,7 @@ class RankContext:
     group: tuple[int, ...]
     logical: bool
     _values: dict[int, Value] = dataclasses.field(default_factory=dict)
-    _shards: dict[tuple[int, int], Value] = dataclasses.field(default_factory=dict)
+    _shards: dict[tuple[int, int, int], Value] = dataclasses.field(default_factory=dict)
 
     def value(self, value: Optional[Value]) -> Optional[Value]:
         """The rank network's counterpart of a source value (constants are carried over lazily)."""
@@ -169,8 +169,12 @@ class RankContext:
         return self.net.add_node(op, list(inputs), attrs, name=name, origin=origin)
 
     def shard(self, weight: Value, sharding_dim: int, vocab_size: int) -> Value:
-        """This rank's shard of the logical table ``weight`` (one constant per weight and split)."""
-        key = (id(weight), sharding_dim)
+        """This rank's shard of the first ``vocab_size`` rows of the logical table ``weight``.
+
+        One constant per weight, split and vocabulary: embeddings that share a table but read
+        different ``vocab_size`` prefixes split different rows.
+        """
+        key = (id(weight), sharding_dim, vocab_size)
         if key not in self._shards:
             table = weight.const[:vocab_size]
             piece = shard_table(table, self.tp_size, self.rank, sharding_dim)
@@ -202,11 +206,16 @@ def _only_sharded(weight: Value, sharding_dim: int, source: Network) -> bool:
 Handler = Callable[[RankContext, Node], Sequence[Value]]
 
 
-def replicate(ctx: RankContext, node: Node) -> Sequence[Value]:
-    """The default handler: the same op, attributes and name on every rank."""
-    clone = ctx.emit(node.op, [ctx.value(v) for v in node.inputs], dict(node.attrs), name=node.name, origin=node.origin)
+def _clone(ctx: RankContext, node: Node, attrs: dict[str, Any]) -> Sequence[Value]:
+    """``node`` rebuilt in the rank network with ``attrs``: same op, name, origin and meta."""
+    clone = ctx.emit(node.op, [ctx.value(v) for v in node.inputs], attrs, name=node.name, origin=node.origin)
     clone.meta = dict(node.meta)
     return clone.outputs
+
+
+def replicate(ctx: RankContext, node: Node) -> Sequence[Value]:
+    """The default handler: the same op, attributes and name on every rank."""
+    return _clone(ctx, node, dict(node.attrs))
 
 
 def _collective_in_logical(ctx: RankContext, node: Node) -> Sequence[Value]:
@@ -221,9 +230,7 @@ def _collective(ctx: RankContext, node: Node) -> Sequence[Value]:
     """User collectives: refused in logical networks, replicated with ``rank`` set in rank-local ones."""
     if ctx.logical:
         return _collective_in_logical(ctx, node)
-    clone = ctx.emit(node.op, [ctx.value(v) for v in node.inputs], {**node.attrs, "rank": ctx.rank}, name=node.name, origin=node.origin)
-    clone.meta = dict(node.meta)
-    return clone.outputs
+    return _clone(ctx, node, {**node.attrs, "rank": ctx.rank})
 
 
 def _check_shard(node: Node, table: Value, position: int) -> None:
@@ -433,20 +440,8 @@ def collectives(net: Network) -> list[Node]:
     return [node for node in net.nodes if get_op(node.op).collective]
 
 
-def partition_ranks(networks: Sequence[Network]) -> list[Network]:
-    """Checks and partitions one rank-local network per rank.
-
-    Args:
-        networks: rank-local networks, in any order, together covering every rank of the group
-            exactly once.
-
-    Returns:
-        The partitioned networks, ordered by rank (position in the group).
-
-    Raises:
-        PartitionError: a network is logical, the networks disagree on tp_size or tp_group, a rank
-            is missing or given twice, or their collectives differ (naming the first difference).
-    """
+def _rank_order(networks: Sequence[Network]) -> tuple[list[int], _Layout]:
+    """The indices of ``networks`` in rank order and the layout they share (see ``partition_ranks``)."""
     if not networks:
         raise PartitionError("partition_ranks: expected one rank-local network per rank, got none")
     layouts = [_layout(net) for net in networks]
@@ -463,23 +458,53 @@ def partition_ranks(networks: Sequence[Network]) -> list[Network]:
                 f"network '{networks[0].name}' has tp_size={first.tp_size}, tp_group {list(first.group)} but network "
                 f"'{net.name}' has tp_size={layout.tp_size}, tp_group {list(layout.group)}; all ranks must agree"
             )
-    by_rank: dict[int, Network] = {}
-    for net, layout in zip(networks, layouts):
+    by_rank: dict[int, int] = {}
+    for i, layout in enumerate(layouts):
         assert layout.rank is not None
         if layout.rank in by_rank:
             raise PartitionError(
-                f"networks '{by_rank[layout.rank].name}' and '{net.name}' are both rank {first.group[layout.rank]} "
+                f"networks '{networks[by_rank[layout.rank]].name}' and '{networks[i].name}' are both rank {first.group[layout.rank]} "
                 f"(position {layout.rank} in tp_group {list(first.group)}); give each rank once"
             )
-        by_rank[layout.rank] = net
+        by_rank[layout.rank] = i
     missing = [first.group[r] for r in range(first.tp_size) if r not in by_rank]
     if missing:
         raise PartitionError(
             f"the rank-local networks cover ranks {sorted(first.group[r] for r in by_rank)} of tp_group {list(first.group)}; "
             f"missing rank{'s' if len(missing) > 1 else ''} {missing}"
         )
-    ranks = [partition(by_rank[r])[0] for r in range(first.tp_size)]
-    compare_collective_sequences([collectives(net) for net in ranks], [f"rank {first.group[r]} (network '{by_rank[r].name}')" for r in range(first.tp_size)])
+    return [by_rank[r] for r in range(first.tp_size)], first
+
+
+def rank_order(networks: Sequence[Network]) -> list[int]:
+    """The indices of rank-local ``networks`` in rank order (position in their tp_group).
+
+    ``partition_ranks(networks)[r]`` is built from ``networks[rank_order(networks)[r]]``.
+
+    Raises:
+        PartitionError: as ``partition_ranks``, except for the comparison of collectives.
+    """
+    return _rank_order(networks)[0]
+
+
+def partition_ranks(networks: Sequence[Network]) -> list[Network]:
+    """Checks and partitions one rank-local network per rank.
+
+    Args:
+        networks: rank-local networks, in any order, together covering every rank of the group
+            exactly once.
+
+    Returns:
+        The partitioned networks, ordered by rank (position in the group).
+
+    Raises:
+        PartitionError: a network is logical, the networks disagree on tp_size or tp_group, a rank
+            is missing or given twice, or their collectives differ (naming the first difference).
+    """
+    order, layout = _rank_order(networks)
+    ranks = [_build_rank(networks[i], r, layout.tp_size, layout.group, logical=False) for r, i in enumerate(order)]
+    names = [f"rank {layout.group[r]} (network '{networks[i].name}')" for r, i in enumerate(order)]
+    compare_collective_sequences([collectives(net) for net in ranks], names)
     return ranks
 
 
@@ -491,5 +516,6 @@ __all__ = [
     "infer_tp_size",
     "partition",
     "partition_ranks",
+    "rank_order",
     "replicate",
 ]

@@ -103,10 +103,13 @@ def segment(net: Network) -> list[Step]:
     last = max(stages, default=0)
     members: list[list[Node]] = [[] for _ in range(last + 1)]
     collective_steps: list[list[Node]] = [[] for _ in range(last + 1)]
+    segment_of: dict[int, int] = {}  # id(node) -> stage, for ordinary nodes
     for node, stage, collective in zip(net.nodes, stages, is_collective):
-        (collective_steps if collective else members)[stage].append(node)
-
-    segment_of = {id(node): stage for node, stage, collective in zip(net.nodes, stages, is_collective) if not collective}
+        if collective:
+            collective_steps[stage].append(node)
+        else:
+            members[stage].append(node)
+            segment_of[id(node)] = stage
     graph_outputs = {id(v) for v in net.outputs.values()}
     steps: list[Step] = []
     index = 0

@@ -45,6 +45,7 @@ class _Checker:
     def __init__(self, net: Network) -> None:
         self.net = net
         self.problems: list[str] = []
+        self._listed: set[int] | None = None  # ids of net.nodes, built on the first undefined value
 
     def report(self, what: str, hint: str) -> None:
         self.problems.append(f"{what}; hint: {hint}")
@@ -124,7 +125,9 @@ class _Checker:
         producer = value.producer
         if producer is None:
             return "is neither a graph input nor a constant of this network"
-        if any(n is producer for n in self.net.nodes):
+        if self._listed is None:
+            self._listed = {id(n) for n in self.net.nodes}
+        if id(producer) in self._listed:
             return f"is produced by {producer.describe()}, which comes later in net.nodes"
         return f"is produced by {producer.describe()}, which is not in net.nodes (removed?)"
 

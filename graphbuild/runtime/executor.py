@@ -49,12 +49,15 @@ class SegmentRun:
     inputs: list[str]
     outputs: list[str]
     checks: list[dict[str, Any]]
+    fetch: list[str] = dataclasses.field(init=False)  # outputs, then the check tensors
+
+    def __post_init__(self) -> None:
+        self.fetch = self.outputs + [check["tensor"] for check in self.checks]
 
     def run(self, env: dict[str, np.ndarray]) -> None:
         feeds = {name: to_ortvalue(env[name]) for name in self.inputs}
-        fetch = self.outputs + [check["tensor"] for check in self.checks]
         try:
-            values = self.session.run_with_ort_values(fetch, feeds)
+            values = self.session.run_with_ort_values(self.fetch, feeds)
         except Exception as exc:  # onnxruntime's exception classes derive from Exception only
             raise _translate_ort_error(exc, self.rank, self.file) from None
         results = [from_ortvalue(v) for v in values]

@@ -11,7 +11,7 @@ import graphbuild as gb
 from graphbuild import functional as F
 from graphbuild import reference
 from graphbuild.errors import PartitionError
-from graphbuild.passes import DeadCodeEliminationPass, infer_tp_size, partition, partition_ranks, verify_network
+from graphbuild.passes import DeadCodeEliminationPass, infer_tp_size, partition, partition_ranks, rank_order, verify_network
 from graphbuild.sharding import hidden_split_sizes, shard_table
 
 
@@ -188,6 +188,24 @@ def test_rank_local_networks_match_numpy(rng, tp_size, sharding_dim):
         np.testing.assert_allclose(outputs["act_sum"], tp_size * np.maximum(table[ids], 0), rtol=1e-6)
 
 
+def test_embeddings_sharing_a_table_over_different_vocab_sizes(rng):
+    table = rng.standard_normal((10, 4)).astype(np.float32)
+    for sharding_dim in (0, 1):
+        net = gb.Network("shared")
+        with net:
+            ids = net.add_input("ids", "int64", ("n",))
+            weight = gb.constant(table, name="wte.weight")
+            small = F.embedding(ids, weight, tp_size=2, sharding_dim=sharding_dim, vocab_size=6, out_of_range="zero", name="small")
+            full = F.embedding(ids, weight, tp_size=2, sharding_dim=sharding_dim, name="full")
+            net.mark_output(small, "small")
+            net.mark_output(full, "full")
+        ids = rng.permutation(10)
+        expected_small = np.where((ids < 6)[:, None], table[ids], 0)
+        for outputs in reference.run_ranks(partition(net), {"ids": ids}):
+            np.testing.assert_array_equal(outputs["full"], table[ids])
+            np.testing.assert_array_equal(outputs["small"], expected_small)
+
+
 def test_out_of_range_ids_keep_the_embedding_name(rng):
     table = rng.standard_normal((9, 4)).astype(np.float32)
     ranks = partition(logical(table, 2))
@@ -220,6 +238,29 @@ def test_rank_local_group_positions(rng):
     (rank,) = partition(net)
     assert rank.meta["tp_rank"] == 1 and rank.meta["tp_group"] == (4, 6)
     assert rank.nodes[0].attrs["tp_rank"] == 1 and rank.nodes[0].attrs["vocab_start"] == 4
+
+
+def test_rank_local_feeds_follow_their_networks_into_group_order(rng):
+    table = rng.standard_normal((10, 4)).astype(np.float32)
+    group = [1, 0]  # position 0 is tp_rank 1
+
+    def local(tp_rank: int) -> gb.Network:
+        net = gb.Network(f"local{tp_rank}")
+        with net:
+            ids = net.add_input("ids", "int64", ("n",))
+            offset = net.add_input("offset", "float32", (4,))
+            shard = gb.constant(shard_table(table, 2, group.index(tp_rank), 0), name="wte.weight")
+            emb = F.embedding(ids, shard, tp_size=2, tp_group=group, tp_rank=tp_rank, vocab_size=10, name="wte")
+            net.mark_output(F.add(emb, offset, name="out"), "out")
+        return net
+
+    nets = [local(0), local(1)]
+    assert rank_order(nets) == [1, 0]
+    ids = rng.integers(0, 10, size=5)
+    offsets = [rng.standard_normal(4).astype(np.float32) for _ in nets]
+    outputs = reference.run_ranks(nets, [{"ids": ids, "offset": offset} for offset in offsets])
+    for position, out in enumerate(outputs):  # rank order: network group[position] with its own feeds
+        np.testing.assert_allclose(out["out"], table[ids] + offsets[group[position]], rtol=1e-6)
 
 
 def test_rank_local_shard_of_the_wrong_shape(rng):

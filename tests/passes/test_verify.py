@@ -172,3 +172,19 @@ def test_verification_is_linear(rng):
     start = time.perf_counter()
     verify_network(net)
     assert time.perf_counter() - start < 1.0
+
+
+def test_reporting_misordered_nodes_is_linear(rng):
+    import time
+
+    net = gb.Network("reversed")
+    with net:
+        x = net.add_input("x", "float32", ("n",))
+        for _ in range(8000):
+            x = F.relu(x)
+        net.mark_output(x, "y")
+    net.nodes.reverse()  # every node but the first now reads a value produced later
+    start = time.perf_counter()
+    found = problems(net)
+    assert time.perf_counter() - start < 1.0
+    assert len(found) == 7999 and all("which comes later in net.nodes" in p for p in found)
