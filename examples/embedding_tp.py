@@ -147,8 +147,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--vocab-size", type=int, help="rows of the table (overrides --quick)")
     parser.add_argument("--hidden-size", type=int, help="columns of the table (overrides --quick)")
     args = parser.parse_args(argv)
-    vocab = args.vocab_size or (QUICK_VOCAB_SIZE if args.quick else VOCAB_SIZE)
-    hidden = args.hidden_size or (QUICK_HIDDEN_SIZE if args.quick else HIDDEN_SIZE)
+    vocab = args.vocab_size if args.vocab_size is not None else (QUICK_VOCAB_SIZE if args.quick else VOCAB_SIZE)
+    hidden = args.hidden_size if args.hidden_size is not None else (QUICK_HIDDEN_SIZE if args.quick else HIDDEN_SIZE)
     path = "standard ONNX ops" if args.no_plugin else "TPEmbedding plugin"
     print(f"embedding {vocab} x {hidden} float32, ids {IDS.tolist()}, {path}")
     try:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
+import numpy as np
+
+from graphbuild.errors import GraphConstructionError
 from graphbuild.ir.value import Shape, Value
 
 if TYPE_CHECKING:
@@ -134,10 +137,7 @@ class Tensor:
             GraphConstructionError: more indices than axes, two ellipses, an int outside a static
                 dim, or an index of another type.
         """
-        import numpy as np
-
         from graphbuild import functional as F
-        from graphbuild.errors import GraphConstructionError
 
         items = key if isinstance(key, tuple) else (key,)
         if sum(item is Ellipsis for item in items) > 1:
@@ -183,8 +183,6 @@ class Tensor:
         return F.unsqueeze(result, inserted) if inserted else result
 
     def __bool__(self) -> bool:
-        from graphbuild.errors import GraphConstructionError
-
         raise GraphConstructionError(
             f"{self!r} is symbolic and has no truth value; use graphbuild.functional.where for data-dependent choices"
         )

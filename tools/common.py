@@ -20,12 +20,14 @@ class CLIError(GraphBuildError):
 
 def format_bytes(count: int) -> str:
     """``1536`` -> ``"1.5 KiB"``; plain bytes below 1 KiB."""
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
+    if count < 1024:
+        return f"{count} B"
+    value = count / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
         value /= 1024
-    return f"{value:.1f} TiB"  # unreachable; keeps type checkers content
+    return f"{value:.1f} GiB"
 
 
 def format_counts(counts: dict[str, int]) -> str:
@@ -51,7 +53,7 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     An interrupted write leaves no partial file at ``path``.
     """
     path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
+    directory = path.parent
     if not directory.is_dir():
         raise CLIError(f"cannot write '{path}': directory '{directory}' does not exist")
     handle = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{path.name}.", suffix=".tmp", delete=False)
@@ -62,13 +64,5 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             os.fsync(handle.fileno())
         os.replace(handle.name, path)
     except BaseException:
-        _unlink_quietly(Path(handle.name))
+        Path(handle.name).unlink(missing_ok=True)
         raise
-
-
-def _unlink_quietly(path: Path) -> None:
-    """Removes ``path`` if it exists."""
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from typing import Any
 
 from graphbuild.tools.common import CLIError, format_bytes, format_counts, format_shape, format_table
@@ -35,10 +36,7 @@ def _rank_rows(manifest: dict[str, Any]) -> list[tuple[Any, ...]]:
     rows = []
     for rank in manifest["ranks"]:
         steps = rank["steps"]
-        collectives: dict[str, int] = {}
-        for step in steps:
-            if step["kind"] == "collective":
-                collectives[step["op"]] = collectives.get(step["op"], 0) + 1
+        collectives = Counter(step["op"] for step in steps if step["kind"] == "collective")
         rows.append(
             (
                 rank.get("rank", "?"),

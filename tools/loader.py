@@ -73,7 +73,7 @@ def _import_module(name: str) -> Any:
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
-        if exc.name and name.startswith(exc.name):
+        if exc.name and (name == exc.name or name.startswith(f"{exc.name}.")):  # the spec's module, not one it imports
             raise CLIError(f"bad function spec: no Python file or module named '{name}' (files must end in .py)") from exc
         raise CLIError(f"importing '{name}' failed: {exc}") from exc
     except GraphBuildError:
@@ -92,13 +92,8 @@ def loaded_function(spec: str) -> Iterator[Callable[..., Any]]:
     """
     target, func_name = split_spec(spec)
     is_file = target.endswith(".py") or os.sep in target or "/" in target
-    if is_file:
-        path = Path(target)
-        context = _on_sys_path(str(path.resolve().parent))
-    else:
-        context = _on_sys_path(os.getcwd())
-    with context:
-        module = _load_file(path) if is_file else _import_module(target)
+    with _on_sys_path(str(Path(target).resolve().parent) if is_file else os.getcwd()):
+        module = _load_file(Path(target)) if is_file else _import_module(target)
         func = getattr(module, func_name, None)
         if func is None:
             names = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_") and getattr(v, "__module__", None) == module.__name__)

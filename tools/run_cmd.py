@@ -17,12 +17,15 @@ import json
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
 from graphbuild import dtypes
 from graphbuild.tools.common import CLIError, format_shape, write_atomically
+
+if TYPE_CHECKING:
+    from graphbuild.engine.manifest import TensorSpec
 
 _PREVIEW = 6
 _SOURCES_HELP = """\
@@ -52,20 +55,19 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 # --------------------------------------------------------------------------------- inputs
-def _is_file_source(source: str) -> bool:
-    if source.startswith("@"):
-        return True
-    head = source.rpartition(":")[0] if source.rpartition(":")[0].endswith(".npz") else source
-    return head.endswith((".npy", ".npz"))
-
-
-def load_file_source(name: str, source: str) -> np.ndarray:
-    """The array an ``@file.npy`` / ``file.npz:key`` source names."""
+def file_source(source: str) -> Optional[tuple[Path, Optional[str]]]:
+    """``(path, key)`` of an ``[@]file.npy`` / ``[@]file.npz[:key]`` source; None for a literal."""
     text = source[1:] if source.startswith("@") else source
-    key: Optional[str] = None
-    if ".npz:" in text:
-        text, _, key = text.rpartition(":")
-    path = Path(text)
+    head, sep, key = text.rpartition(":")
+    if sep and head.endswith((".npy", ".npz")):
+        return Path(head), key or None
+    if source.startswith("@") or text.endswith((".npy", ".npz")):
+        return Path(text), None
+    return None
+
+
+def load_file_source(name: str, path: Path, key: Optional[str]) -> np.ndarray:
+    """The array a file source names: a ``.npy`` file, or array ``key`` (default ``name``) of an ``.npz``."""
     if not path.is_file():
         raise CLIError(f"--input {name}: file '{path}' does not exist")
     try:
@@ -127,7 +129,7 @@ def fit_rank(name: str, array: np.ndarray, rank: int, shape: Sequence[Any]) -> n
     return array.reshape((1,) * (rank - array.ndim) + array.shape)
 
 
-def read_inputs(items: Sequence[str], specs: Sequence[Any], engine_name: str) -> dict[str, np.ndarray]:
+def read_inputs(items: Sequence[str], specs: Sequence["TensorSpec"], engine_name: str) -> dict[str, np.ndarray]:
     """Parses every ``--input NAME=SOURCE`` against the engine's input specs.
 
     Raises:
@@ -135,7 +137,7 @@ def read_inputs(items: Sequence[str], specs: Sequence[Any], engine_name: str) ->
             values that do not fit the input's dtype.
     """
     by_name = {spec.name: spec for spec in specs}
-    listing = ", ".join(f"{s.name}: {s.dtype}{format_shape(s.shape)}" for s in specs)
+    listing = ", ".join(str(spec) for spec in specs)
     feeds: dict[str, np.ndarray] = {}
     for item in items:
         name, sep, source = item.partition("=")
@@ -147,8 +149,9 @@ def read_inputs(items: Sequence[str], specs: Sequence[Any], engine_name: str) ->
         if name in feeds:
             raise CLIError(f"--input {name} is given twice")
         spec = by_name[name]
-        if _is_file_source(source):
-            array = load_file_source(name, source)
+        located = file_source(source)
+        if located is not None:
+            array = load_file_source(name, *located)
             if array.dtype.kind == "V" and array.dtype.itemsize == 2 and spec.dtype == dtypes.bfloat16:
                 array = array.view(dtypes.bfloat16.numpy)  # .npy keeps bfloat16 as raw 2-byte records
         else:
@@ -206,8 +209,12 @@ def save_npz(path: Path, outputs: dict[str, np.ndarray]) -> list[str]:
 def run_run(args: argparse.Namespace) -> int:
     import graphbuild as gb
 
-    if args.output and not Path(args.output).resolve().parent.is_dir():
-        raise CLIError(f"--output {args.output}: directory '{Path(args.output).parent}' does not exist")
+    output = Path(args.output) if args.output else None
+    if output is not None:  # checked before the run, not after it
+        if output.is_dir():
+            raise CLIError(f"--output {output}: is a directory; name a .npz file")
+        if not output.resolve().parent.is_dir():
+            raise CLIError(f"--output {output}: directory '{output.parent}' does not exist")
     start = time.perf_counter()
     engine = gb.Engine.load(args.engine, verify=not args.no_verify)
     loaded = time.perf_counter()
@@ -220,9 +227,8 @@ def run_run(args: argparse.Namespace) -> int:
         print(f"{name}: {array.dtype.name}{format_shape(array.shape)}  {summarize_array(array)}")
         if array.size:
             print(f"  {preview(array)}")
-    if args.output:
-        path = Path(args.output)
-        widened = save_npz(path, outputs)
+    if output is not None:
+        widened = save_npz(output, outputs)
         note = f" ({', '.join(widened)} saved as float32)" if widened else ""
-        print(f"wrote {path}{note}")
+        print(f"wrote {output}{note}")
     return 0

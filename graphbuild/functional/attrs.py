@@ -1,10 +1,15 @@
-"""Turning user arguments into node attributes, which hold plain data only."""
+"""What the op families share: turning user arguments into node attributes (plain data only),
+adding the node, and claiming a collective's ``instance_id``."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import numpy as np
+
+from graphbuild.errors import GraphConstructionError
+from graphbuild.ir.network import Network, as_value
+from graphbuild.ir.node import Node
 
 
 def plain(value: Any) -> Any:
@@ -15,3 +20,23 @@ def plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def add_op(op: str, inputs: Sequence[Any], attrs: Optional[dict[str, Any]] = None, *, name: Optional[str] = None) -> Node:
+    """Adds an ``op`` node reading ``inputs`` (Tensors or Values) to the first input's network,
+    with every attribute made ``plain``."""
+    values = [as_value(x) for x in inputs]
+    return values[0].network.add_node(op, values, {k: plain(v) for k, v in (attrs or {}).items()}, name=name)
+
+
+def claim_instance_id(what: str, net: Network, instance_id: Optional[int]) -> int:
+    """``instance_id`` after checking no node of ``net`` uses it yet, or a fresh one when None.
+
+    Raises:
+        GraphConstructionError: another node of ``net`` already has this ``instance_id``.
+    """
+    if instance_id is None:
+        return net.new_instance_id()
+    if any(node.attrs.get("instance_id") == instance_id for node in net.nodes):
+        raise GraphConstructionError(f"{what}: instance_id={instance_id} is already used in network '{net.name}'")
+    return int(instance_id)

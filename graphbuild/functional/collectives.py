@@ -5,24 +5,19 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from graphbuild.errors import GraphConstructionError
+from graphbuild.functional.attrs import add_op, claim_instance_id
 from graphbuild.ir.network import as_value
 from graphbuild.tensor import Tensor
 
 
 def _collective(op: str, tensor: Tensor, group: Sequence[int], instance_id: Optional[int], workspace: Optional[Tensor], attrs: dict, name: Optional[str]) -> Tensor:
-    value = as_value(tensor)
-    net = value.network
+    net = as_value(tensor).network
     group = tuple(group)
     if not group or len(set(group)) != len(group):
         raise GraphConstructionError(f"{op}: group {list(group)} must list distinct ranks")
-    taken = {n.attrs.get("instance_id") for n in net.nodes if n.op in ("embedding", "allreduce", "allgather")}
-    if instance_id is None:
-        instance_id = net.new_instance_id()
-    elif instance_id in taken:
-        raise GraphConstructionError(f"{op}: instance_id={instance_id} is already used in network '{net.name}'")
-    inputs = [value] + ([as_value(workspace)] if workspace is not None else [])
-    node = net.add_node(op, inputs, {"group": group, "instance_id": int(instance_id), "rank": None, **attrs}, name=name)
-    return node.output.tensor()
+    instance_id = claim_instance_id(op, net, instance_id)
+    inputs = [tensor] + ([workspace] if workspace is not None else [])
+    return add_op(op, inputs, {"group": group, "instance_id": instance_id, "rank": None, **attrs}, name=name).output.tensor()
 
 
 def allreduce(tensor: Tensor, group: Sequence[int], *, instance_id: Optional[int] = None, workspace: Optional[Tensor] = None, name: Optional[str] = None) -> Tensor:

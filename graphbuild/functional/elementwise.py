@@ -17,6 +17,7 @@ import numpy as np
 
 from graphbuild import dtypes
 from graphbuild.errors import GraphConstructionError
+from graphbuild.functional.attrs import add_op
 from graphbuild.ir.network import as_value
 from graphbuild.ir.value import Value
 from graphbuild.tensor import Tensor
@@ -71,8 +72,7 @@ def operands(op: str, *items: Operand) -> list[Value]:
 
 
 def _binary(op: str, a: Operand, b: Operand, name: Optional[str]) -> Tensor:
-    left, right = operands(op, a, b)
-    return left.network.add_node(op, [left, right], name=name).output.tensor()
+    return add_op(op, operands(op, a, b), name=name).output.tensor()
 
 
 def add(a: Operand, b: Operand, *, name: Optional[str] = None) -> Tensor:
@@ -130,9 +130,7 @@ def where(condition: Tensor, x: Operand, y: Operand, *, name: Optional[str] = No
         y: tensor or scalar taken elsewhere (at least one of ``x``, ``y`` is a tensor; same dtype).
         name: the node's name.
     """
-    cond = as_value(condition)
-    x_value, y_value = operands("where", x, y)
-    return cond.network.add_node("where", [cond, x_value, y_value], name=name).output.tensor()
+    return add_op("where", [condition, *operands("where", x, y)], name=name).output.tensor()
 
 
 def cast(x: Tensor, dtype: dtypes.DTypeLike, *, name: Optional[str] = None) -> Tensor:
@@ -141,15 +139,13 @@ def cast(x: Tensor, dtype: dtypes.DTypeLike, *, name: Optional[str] = None) -> T
     Floats round to nearest even; floats to ints truncate toward zero (NaN and out-of-range values
     are undefined, as in ONNX); anything to bool is ``x != 0``.
     """
-    value = as_value(x)
     try:
         target = dtypes.as_dtype(dtype)
     except GraphConstructionError as exc:
         raise GraphConstructionError(f"cast{f' {name!r}' if name else ''}: {exc}") from None
-    return value.network.add_node("cast", [value], {"to": target.name}, name=name).output.tensor()
+    return add_op("cast", [x], {"to": target.name}, name=name).output.tensor()
 
 
 def identity(x: Tensor, *, name: Optional[str] = None) -> Tensor:
     """A new tensor with the same contents (useful to give a value a name or an output its own node)."""
-    value = as_value(x)
-    return value.network.add_node("identity", [value], name=name).output.tensor()
+    return add_op("identity", [x], name=name).output.tensor()

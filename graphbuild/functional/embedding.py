@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from graphbuild.errors import GraphConstructionError
+from graphbuild.functional.attrs import add_op, claim_instance_id
 from graphbuild.ir.network import as_value
 from graphbuild.sharding import hidden_split_sizes, vocab_shard_rows
 from graphbuild.tensor import Tensor
@@ -12,7 +13,13 @@ from graphbuild.tensor import Tensor
 OUT_OF_RANGE_MODES = ("error", "zero")
 
 
-def _check_group(what: str, tp_size: int, tp_group: Optional[Sequence[int]], tp_rank: Optional[int]) -> tuple[int, ...]:
+def check_tp_group(what: str, tp_size: int, tp_group: Optional[Sequence[int]], tp_rank: Optional[int]) -> tuple[int, ...]:
+    """The ranks taking part (``tp_group``, default ``range(tp_size)``) after checking the TP arguments.
+
+    Raises:
+        GraphConstructionError: ``tp_size`` is not a positive int, ``tp_group`` does not list
+            ``tp_size`` distinct non-negative ranks, or ``tp_rank`` is not one of them.
+    """
     if isinstance(tp_size, bool) or not isinstance(tp_size, int) or tp_size < 1:
         raise GraphConstructionError(f"{what}: tp_size must be a positive int, got {tp_size!r}")
     group = tuple(range(tp_size)) if tp_group is None else tuple(tp_group)
@@ -95,7 +102,7 @@ def embedding(
         raise GraphConstructionError(f"{what}: sharding_dim must be 0 (vocab) or 1 (hidden), got {sharding_dim!r}")
     if out_of_range not in OUT_OF_RANGE_MODES:
         raise GraphConstructionError(f"{what}: out_of_range must be 'error' or 'zero', got {out_of_range!r}")
-    group = _check_group(what, tp_size, tp_group, tp_rank)
+    group = check_tp_group(what, tp_size, tp_group, tp_rank)
     if table.rank != 2:
         raise GraphConstructionError(f"{what}: weight must be 2-D [vocab, hidden], got shape {table.shape}")
     rows, cols = table.shape
@@ -133,20 +140,15 @@ def embedding(
                 f"but the shard has {cols}"
             )
 
-    taken = {n.attrs.get("instance_id") for n in net.nodes if n.op in ("embedding", "allreduce", "allgather")}
-    if instance_id is None:
-        instance_id = net.new_instance_id()
-    elif instance_id in taken:
-        raise GraphConstructionError(f"{what}: instance_id={instance_id} is already used in network '{net.name}'")
-    inputs = [ids, table] + ([as_value(workspace)] if workspace is not None else [])
+    inputs = [ids, table] + ([workspace] if workspace is not None else [])
     attrs = {
         "tp_size": tp_size,
         "tp_group": group,
         "sharding_dim": sharding_dim,
         "tp_rank": tp_rank,
-        "instance_id": int(instance_id),
+        "instance_id": claim_instance_id(what, net, instance_id),
         "vocab_size": int(vocab),
         "embedding_dim": int(dim),
         "out_of_range": out_of_range,
     }
-    return net.add_node("embedding", inputs, attrs, name=name).output.tensor()
+    return add_op("embedding", inputs, attrs, name=name).output.tensor()

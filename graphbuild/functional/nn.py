@@ -9,15 +9,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from graphbuild.functional.attrs import plain
-from graphbuild.ir.network import as_value
+from graphbuild.functional.attrs import add_op
 from graphbuild.tensor import Tensor
-
-
-def _unary(op: str, x: Tensor, attrs: Optional[dict], name: Optional[str]) -> Tensor:
-    value = as_value(x)
-    attrs = {k: plain(v) for k, v in (attrs or {}).items()}
-    return value.network.add_node(op, [value], attrs, name=name).output.tensor()
 
 
 def matmul(a: Tensor, b: Tensor, *, name: Optional[str] = None) -> Tensor:
@@ -35,18 +28,17 @@ def matmul(a: Tensor, b: Tensor, *, name: Optional[str] = None) -> Tensor:
         ShapeInferenceError: dtypes differ, or the contracting dims are not the same int or the
             same symbol name, or the batch dims do not broadcast.
     """
-    left, right = as_value(a), as_value(b)
-    return left.network.add_node("matmul", [left, right], name=name).output.tensor()
+    return add_op("matmul", [a, b], name=name).output.tensor()
 
 
 def relu(x: Tensor, *, name: Optional[str] = None) -> Tensor:
     """``max(x, 0)`` elementwise (float and int dtypes)."""
-    return _unary("relu", x, None, name)
+    return add_op("relu", [x], name=name).output.tensor()
 
 
 def silu(x: Tensor, *, name: Optional[str] = None) -> Tensor:
     """``x * sigmoid(x)`` elementwise (float dtypes), a.k.a. swish."""
-    return _unary("silu", x, None, name)
+    return add_op("silu", [x], name=name).output.tensor()
 
 
 def gelu(x: Tensor, approximate: str = "none", *, name: Optional[str] = None) -> Tensor:
@@ -58,12 +50,12 @@ def gelu(x: Tensor, approximate: str = "none", *, name: Optional[str] = None) ->
             ``0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3)))``.
         name: the node's name.
     """
-    return _unary("gelu", x, {"approximate": approximate}, name)
+    return add_op("gelu", [x], {"approximate": approximate}, name=name).output.tensor()
 
 
 def softmax(x: Tensor, axis: int = -1, *, name: Optional[str] = None) -> Tensor:
     """``exp(x) / sum(exp(x))`` along ``axis`` (float dtypes; computed stably, max subtracted)."""
-    return _unary("softmax", x, {"axis": axis}, name)
+    return add_op("softmax", [x], {"axis": axis}, name=name).output.tensor()
 
 
 def layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, eps: float = 1e-5, *, name: Optional[str] = None) -> Tensor:
@@ -76,8 +68,8 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, eps: fl
         eps: added to the (biased) variance.
         name: the node's name.
     """
-    inputs = [as_value(x), as_value(weight)] + ([as_value(bias)] if bias is not None else [])
-    return inputs[0].network.add_node("layer_norm", inputs, {"eps": plain(eps)}, name=name).output.tensor()
+    inputs = [x, weight] + ([bias] if bias is not None else [])
+    return add_op("layer_norm", inputs, {"eps": eps}, name=name).output.tensor()
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6, *, name: Optional[str] = None) -> Tensor:
@@ -89,5 +81,4 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6, *, name: Optional[str
         eps: added to the mean square.
         name: the node's name.
     """
-    inputs = [as_value(x), as_value(weight)]
-    return inputs[0].network.add_node("rms_norm", inputs, {"eps": plain(eps)}, name=name).output.tensor()
+    return add_op("rms_norm", [x, weight], {"eps": eps}, name=name).output.tensor()

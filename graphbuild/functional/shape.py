@@ -13,16 +13,11 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from graphbuild.errors import GraphConstructionError
-from graphbuild.functional.attrs import plain
+from graphbuild.functional.attrs import add_op
 from graphbuild.ir.network import as_value
 from graphbuild.ir.value import Dim
 from graphbuild.ops.common import INT64_MAX, INT64_MIN
 from graphbuild.tensor import Tensor
-
-
-def _node(op: str, inputs: Sequence[Tensor], attrs: dict, name: Optional[str]) -> Any:
-    values = [as_value(t) for t in inputs]
-    return values[0].network.add_node(op, values, {k: plain(v) for k, v in attrs.items()}, name=name)
 
 
 def reshape(x: Tensor, shape: Sequence[Dim], *, name: Optional[str] = None) -> Tensor:
@@ -39,12 +34,12 @@ def reshape(x: Tensor, shape: Sequence[Dim], *, name: Optional[str] = None) -> T
         ShapeInferenceError: the element counts differ or cannot be proven equal, or ``-1`` cannot
             be inferred (see ``graphbuild.ops.shape``).
     """
-    return _node("reshape", [x], {"shape": shape}, name).output.tensor()
+    return add_op("reshape", [x], {"shape": shape}, name=name).output.tensor()
 
 
 def transpose(x: Tensor, perm: Optional[Sequence[int]] = None, *, name: Optional[str] = None) -> Tensor:
     """Permutes the axes of ``x``: output axis ``i`` is input axis ``perm[i]`` (None reverses them)."""
-    return _node("transpose", [x], {"perm": perm}, name).output.tensor()
+    return add_op("transpose", [x], {"perm": perm}, name=name).output.tensor()
 
 
 def concat(tensors: Sequence[Tensor], axis: int = 0, *, name: Optional[str] = None) -> Tensor:
@@ -55,7 +50,7 @@ def concat(tensors: Sequence[Tensor], axis: int = 0, *, name: Optional[str] = No
     """
     if isinstance(tensors, Tensor) or not tensors:
         raise GraphConstructionError(f"concat: expected a non-empty sequence of tensors, got {tensors!r}")
-    return _node("concat", list(tensors), {"axis": axis}, name).output.tensor()
+    return add_op("concat", list(tensors), {"axis": axis}, name=name).output.tensor()
 
 
 def split(x: Tensor, sizes: Union[int, Sequence[int]], axis: int = 0, *, name: Optional[str] = None) -> tuple[Tensor, ...]:
@@ -74,7 +69,7 @@ def split(x: Tensor, sizes: Union[int, Sequence[int]], axis: int = 0, *, name: O
     value = as_value(x)
     if isinstance(sizes, (int, np.integer)) and not isinstance(sizes, bool):
         sizes = _equal_parts(value.shape, int(sizes), axis)
-    node = _node("split", [x], {"sizes": sizes, "axis": axis}, name)
+    node = add_op("split", [x], {"sizes": sizes, "axis": axis}, name=name)
     return tuple(v.tensor() for v in node.outputs)
 
 
@@ -122,7 +117,7 @@ def slice_tensor(
     start_list = [_bound(s, step, start=True) for s, step in zip(starts, step_list)]
     end_list = [_bound(e, step, start=False) for e, step in zip(ends, step_list)]
     attrs = {"starts": start_list, "ends": end_list, "axes": axes, "steps": step_list}
-    return _node("slice", [x], attrs, name).output.tensor()
+    return add_op("slice", [x], attrs, name=name).output.tensor()
 
 
 def _bound(value: Optional[int], step: Any, *, start: bool) -> Any:
@@ -140,13 +135,13 @@ def gather(x: Tensor, indices: Tensor, axis: int = 0, *, name: Optional[str] = N
     The result has shape ``x.shape[:axis] + indices.shape + x.shape[axis + 1:]``. Indices are int32
     or int64; negatives count from the end; indices outside ``[-n, n)`` are an error at run time.
     """
-    return _node("gather", [x, indices], {"axis": axis}, name).output.tensor()
+    return add_op("gather", [x, indices], {"axis": axis}, name=name).output.tensor()
 
 
 def unsqueeze(x: Tensor, axes: Union[int, Sequence[int]], *, name: Optional[str] = None) -> Tensor:
     """Inserts size-1 axes; ``axes`` index the output (``unsqueeze(x, 0)`` prepends one)."""
     axes = (axes,) if isinstance(axes, (int, np.integer)) else axes
-    return _node("unsqueeze", [x], {"axes": axes}, name).output.tensor()
+    return add_op("unsqueeze", [x], {"axes": axes}, name=name).output.tensor()
 
 
 def squeeze(x: Tensor, axes: Union[None, int, Sequence[int]] = None, *, name: Optional[str] = None) -> Tensor:
@@ -158,4 +153,4 @@ def squeeze(x: Tensor, axes: Union[None, int, Sequence[int]] = None, *, name: Op
     if axes is None:
         axes = tuple(i for i, d in enumerate(as_value(x).shape) if d == 1)
     axes = (axes,) if isinstance(axes, (int, np.integer)) else axes
-    return _node("squeeze", [x], {"axes": axes}, name).output.tensor()
+    return add_op("squeeze", [x], {"axes": axes}, name=name).output.tensor()

@@ -10,7 +10,7 @@ import numpy as np
 
 from graphbuild import dtypes
 from graphbuild.errors import GraphConstructionError
-from graphbuild.functional.embedding import embedding
+from graphbuild.functional.embedding import check_tp_group, embedding
 from graphbuild.ir.network import as_value
 from graphbuild.layers.module import Module, Parameter
 from graphbuild.sharding import hidden_split_sizes, shard_table, vocab_shard_rows
@@ -94,7 +94,10 @@ class Embedding(Module):
                 raise GraphConstructionError(f"{what}: {label} must be a positive int, got {size!r}")
         self.num_embeddings = int(num_embeddings)
         self.embedding_dim = int(embedding_dim)
-        self.dtype = dtypes.as_dtype(dtype)
+        try:
+            self.dtype = dtypes.as_dtype(dtype)
+        except GraphConstructionError as exc:
+            raise GraphConstructionError(f"{what}: {exc}") from None
         if not self.dtype.is_float:
             raise GraphConstructionError(f"{what}: dtype must be float32, float16 or bfloat16, got {self.dtype}")
         if padding_idx is not None:
@@ -107,16 +110,10 @@ class Embedding(Module):
         self.padding_idx = padding_idx
         if sharding_dim not in (0, 1):
             raise GraphConstructionError(f"{what}: sharding_dim must be 0 (vocab) or 1 (hidden), got {sharding_dim!r}")
-        if isinstance(tp_size, bool) or not isinstance(tp_size, int) or tp_size < 1:
-            raise GraphConstructionError(f"{what}: tp_size must be a positive int, got {tp_size!r}")
+        self.tp_group = check_tp_group(what, tp_size, tp_group, tp_rank)
         self.tp_size = tp_size
-        self.tp_group = tuple(range(tp_size)) if tp_group is None else tuple(tp_group)
         self.sharding_dim = sharding_dim
         self.tp_rank = tp_rank
-        if tp_rank is not None and tp_rank not in self.tp_group:
-            raise GraphConstructionError(f"{what}: tp_rank={tp_rank} is outside tp_group {list(self.tp_group)} (tp_size={tp_size})")
-        if tp_rank is not None and len(self.tp_group) != tp_size:
-            raise GraphConstructionError(f"{what}: tp_group {list(self.tp_group)} has {len(self.tp_group)} ranks but tp_size={tp_size}")
         self.sparse = bool(sparse)
         self.scale_grad_by_freq = bool(scale_grad_by_freq)
         self.seed = seed

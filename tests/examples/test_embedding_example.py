@@ -89,3 +89,10 @@ def test_main_without_out_leaves_no_engines_behind(example, tmp_path, monkeypatc
     assert example.main(["--quick", "--no-plugin"]) == 0
     assert "OK" in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == []
+
+
+def test_main_refuses_a_zero_size_instead_of_using_the_default(example, capsys):
+    assert example.main(["--vocab-size", "0", "--hidden-size", str(HIDDEN)]) == 1
+    captured = capsys.readouterr()
+    assert f"embedding 0 x {HIDDEN}" in captured.out
+    assert "num_embeddings must be a positive int, got 0" in captured.err

@@ -85,3 +85,26 @@ def test_bad_indexes_are_named(key, message):
         x = net.add_input("x", "float32", ("n", 4, 5))
         with pytest.raises(gb.GraphConstructionError, match=message):
             x[key]
+
+
+def test_instance_ids_are_unique_across_embeddings_and_collectives():
+    net = gb.Network("ids")
+    with net:
+        ids = net.add_input("ids", "int64", (3,))
+        table = gb.constant(np.zeros((4, 2), np.float32), name="table")
+        looked_up = F.embedding(ids, table, instance_id=1, name="wte")
+        summed = F.allreduce(looked_up, group=[0], name="sum")  # assigned: skips the taken 1
+        assert summed.value.producer.attrs["instance_id"] not in (None, 1)
+        with pytest.raises(gb.GraphConstructionError, match=r"allgather: instance_id=1 is already used in network 'ids'"):
+            F.allgather(summed, group=[0], instance_id=1)
+        with pytest.raises(gb.GraphConstructionError, match=r"embedding 'again': instance_id=1 is already used"):
+            F.embedding(ids, table, instance_id=1, name="again")
+
+
+def test_attributes_are_plain_python_data():
+    net = gb.Network("plain")
+    with net:
+        x = net.add_input("x", "float32", (2, 3))
+        gathered = F.allgather(x, group=[np.int64(0), np.int64(1)], axis=np.int64(-1), name="gather")
+    attrs = gathered.value.producer.attrs
+    assert attrs["group"] == (0, 1) and all(type(r) is int for r in attrs["group"]) and type(attrs["axis"]) is int

@@ -157,6 +157,16 @@ def test_bad_arguments_are_errors_naming_them(kwargs, message):
         layers.Embedding(**args)
 
 
+def test_argument_errors_name_the_layer_in_both_modes():
+    with pytest.raises(GraphConstructionError, match=r"Embedding 'wte': unsupported dtype 'int8'"):
+        layers.Embedding(10, 4, dtype="int8", name="wte")
+    # Logical mode checks tp_group at construction too, not first at forward.
+    with pytest.raises(GraphConstructionError, match=r"Embedding 'wte': tp_group \[0, 1, 2\] has 3 ranks but tp_size=2"):
+        layers.Embedding(10, 4, tp_size=2, tp_group=[0, 1, 2], name="wte")
+    with pytest.raises(GraphConstructionError, match=r"Embedding 'wte': tp_group \[1, 1\] names a rank twice"):
+        layers.Embedding(10, 4, tp_size=2, tp_group=[1, 1], tp_rank=1, name="wte")
+
+
 def test_tp_arguments_reach_the_embedding_node():
     emb = layers.Embedding(10, 4, tp_size=2, tp_group=[3, 5], sharding_dim=1, seed=0, name="wte")
     net, ids = _ids_network()

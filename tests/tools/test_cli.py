@@ -262,6 +262,30 @@ def test_run_input_errors_are_one_line(engine_dir, capsys, inputs, message):
     assert re.search(message, _error_line(capsys))
 
 
+def test_run_key_on_an_npy_file_is_named(engine_dir, tmp_path, capsys):
+    np.save(tmp_path / "ids.npy", np.array([[1, 2]]))
+    for prefix in ("", "@"):
+        assert main(["run", str(engine_dir), "--input", f"input_ids={prefix}{tmp_path / 'ids.npy'}:key"]) == 1
+        assert f"'{tmp_path / 'ids.npy'}' is a single array; drop ':key'" in _error_line(capsys)
+
+
+def test_run_output_that_is_a_directory_fails_before_running(engine_dir, tmp_path, capsys):
+    assert main(["run", str(engine_dir), "--input", "input_ids=1", "--output", str(tmp_path)]) == 1
+    assert f"--output {tmp_path}: is a directory" in _error_line(capsys)
+    assert capsys.readouterr().out == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_module_spec_whose_import_fails_is_not_reported_missing(tmp_path, monkeypatch, capsys):
+    # The missing module's name is a prefix of the spec's: the spec's module exists, its import fails.
+    (tmp_path / "cli_prefix_user.py").write_text("import cli_prefix\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["build", "cli_prefix_user:make_network", "-o", "out"]) == 1
+    line = _error_line(capsys)
+    assert "importing 'cli_prefix_user' failed: No module named 'cli_prefix'" in line
+    sys.modules.pop("cli_prefix_user", None)
+
+
 def test_run_wrong_dtype_file_is_an_error(engine_dir, tmp_path, capsys):
     np.save(tmp_path / "ids32.npy", np.array([[1, 2]], dtype=np.int32))
     assert main(["run", str(engine_dir), "--input", f"input_ids={tmp_path / 'ids32.npy'}"]) == 1
