@@ -106,7 +106,8 @@ def build(
         use_plugin: lower embeddings to graphbuild's ``TPEmbedding`` custom op; False uses standard
             ONNX ops only, so the engine runs on any ONNX runtime (same results, same errors).
         overwrite: replace an existing engine at ``output_dir``.
-        opset: standard ONNX opset of the segments (default 21).
+        opset: standard ONNX opset of the segments: 17 or newer, up to what the installed ONNX
+            Runtime loads (default 21).
         verify_each_pass: run the IR verifier after every pass (slower; tests turn it on).
         external_data_threshold: initializers larger than this many bytes go to external data.
         providers: execution providers for the returned engine.
@@ -119,7 +120,7 @@ def build(
             directory cannot be written; the message names the op, node or file.
     """
     from graphbuild.passes import CollectiveStep, check_same_schedule, segment
-    from graphbuild.passes.export_onnx import DEFAULT_OPSET, lower_nodes, write_model
+    from graphbuild.passes.export_onnx import DEFAULT_OPSET, check_opset, lower_nodes, write_model
 
     networks = [network] if isinstance(network, Network) else list(network)
     if not networks or not all(isinstance(n, Network) for n in networks):
@@ -128,7 +129,8 @@ def build(
     if not source.outputs:
         raise GraphConstructionError(f"network '{source.name}' has no outputs; mark some with net.mark_output(tensor, name)")
     _check_same_interface(networks)
-    opset = opset or DEFAULT_OPSET
+    opset = DEFAULT_OPSET if opset is None else opset
+    check_opset(opset)
     ranks = _rank_networks(networks, verify_each_pass)
     schedules = [segment(net) for net in ranks]
     check_same_schedule(schedules)

@@ -13,6 +13,7 @@ and IR version 10 (ONNX Runtime 1.31 rejects the onnx package's default of 14).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -30,8 +31,39 @@ from graphbuild.ops.registry import get_op
 from graphbuild.plugin import DOMAIN, DOMAIN_VERSION
 
 DEFAULT_OPSET = 21
+MIN_OPSET = 17  # LayerNormalization; older ops are lowered per opset where they changed since
 IR_VERSION = 10
 EXTERNAL_DATA_THRESHOLD = 1 << 20
+
+
+@functools.cache
+def _runtime_loads(opset: int) -> bool:
+    """Whether the installed ONNX Runtime loads a model of this standard opset."""
+    import onnxruntime as ort
+
+    x, y = (helper.make_tensor_value_info(name, TensorProto.FLOAT, [1]) for name in "xy")
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSION)
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception:  # onnxruntime raises its own Fail/InvalidGraph types
+        return False
+    return True
+
+
+def check_opset(opset: int) -> None:
+    """Refuses opsets graphbuild cannot lower to, or that the installed ONNX Runtime cannot load.
+
+    Raises:
+        ExportError: naming the opset and the range that works.
+    """
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise ExportError(f"opset {opset!r} is not supported: graphbuild exports standard ONNX opsets {MIN_OPSET} to {newest} (default {DEFAULT_OPSET})")
+    if opset > DEFAULT_OPSET and not _runtime_loads(opset):
+        import onnxruntime as ort
+
+        raise ExportError(f"opset {opset} is newer than ONNX Runtime {ort.__version__} can load; choose an opset from {MIN_OPSET} to {DEFAULT_OPSET}, or upgrade onnxruntime")
 
 
 @dataclasses.dataclass

@@ -6,8 +6,9 @@ Numerics: for float16 and bfloat16 inputs, ``matmul``, ``silu``, ``gelu``, ``sof
 accumulates in float32; the gelu evaluator uses float64 for erf) and round the result back once; evaluators and lowerings do exactly that,
 so engines agree with the reference within float32 rounding. ``relu`` is exact in every dtype.
 
-Lowerings (opset 21): ``MatMul``; ``Relu`` (floats) or ``Max(x, 0)`` (ints); ``Sigmoid`` + ``Mul``;
-``Gelu`` (opset 20, ``approximate`` "none" or "tanh"); ``Softmax``; ``LayerNormalization``
+Lowerings (opset 17 and newer): ``MatMul``; ``Relu`` (floats) or ``Max(x, 0)`` (ints); ``Sigmoid`` +
+``Mul``; ``Gelu`` (opset 20 and newer, ``approximate`` "none" or "tanh"; its formula in ``Erf`` or
+``Tanh`` before that); ``Softmax``; ``LayerNormalization``
 (``stash_type=1``); rms_norm composed as ``x / Sqrt(ReduceMean(x * x) + eps) * weight``.
 
 ONNX Runtime 1.31 (CPU provider) has none of these kernels in bfloat16, and no ``Relu``/``MatMul``
@@ -162,7 +163,29 @@ def _evaluate_gelu(node: Any, inputs: Sequence[Optional[np.ndarray]]) -> list[np
 
 def _lower_gelu(ctx: LoweringContext, node: Any) -> None:
     approximate = _approximation(node)
-    lower_in_float32(ctx, node, node.inputs, lambda ins, out: ctx.emit("Gelu", ins, [out], approximate=approximate))
+    if ctx.opset >= 20:
+        lower_in_float32(ctx, node, node.inputs, lambda ins, out: ctx.emit("Gelu", ins, [out], approximate=approximate))
+        return
+    tag = node.name
+
+    def composed(ins: list[str], out: str) -> None:  # before opset 20: the formula, in ONNX ops
+        (x,) = ins
+        if approximate == "tanh":
+            (cube,) = ctx.emit("Mul", [x, x], [ctx.fresh(f"{tag}/square")])
+            (cube,) = ctx.emit("Mul", [cube, x], [ctx.fresh(f"{tag}/cube")])
+            (cube,) = ctx.emit("Mul", [cube, scalar_constant(ctx, 0.044715, np.float32, f"{tag}/c")], [ctx.fresh(f"{tag}/c_cube")])
+            (inner,) = ctx.emit("Add", [x, cube], [ctx.fresh(f"{tag}/inner")])
+            scale = scalar_constant(ctx, math.sqrt(2.0 / math.pi), np.float32, f"{tag}/sqrt_2_over_pi")
+            (inner,) = ctx.emit("Mul", [inner, scale], [ctx.fresh(f"{tag}/scaled")])
+            (curve,) = ctx.emit("Tanh", [inner], [ctx.fresh(f"{tag}/tanh")])
+        else:
+            (scaled,) = ctx.emit("Mul", [x, scalar_constant(ctx, 1.0 / math.sqrt(2.0), np.float32, f"{tag}/rsqrt2")], [ctx.fresh(f"{tag}/scaled")])
+            (curve,) = ctx.emit("Erf", [scaled], [ctx.fresh(f"{tag}/erf")])
+        (shifted,) = ctx.emit("Add", [curve, scalar_constant(ctx, 1.0, np.float32, f"{tag}/one")], [ctx.fresh(f"{tag}/one_plus")])
+        (half_x,) = ctx.emit("Mul", [x, scalar_constant(ctx, 0.5, np.float32, f"{tag}/half")], [ctx.fresh(f"{tag}/half_x")])
+        ctx.emit("Mul", [half_x, shifted], [out])
+
+    lower_in_float32(ctx, node, node.inputs, composed)
 
 
 register(
@@ -276,8 +299,11 @@ def _lower_rms_norm(ctx: LoweringContext, node: Any) -> None:
     def body(ins: list[str], out: str) -> None:
         x, weight = ins
         (square,) = ctx.emit("Mul", [x, x], [ctx.fresh(f"{tag}/square")])
-        last = int64_constant(ctx, [-1], f"{tag}/last_axis")
-        (mean,) = ctx.emit("ReduceMean", [square, last], [ctx.fresh(f"{tag}/mean_square")], keepdims=1)
+        if ctx.opset >= 18:  # axes became an input in opset 18
+            last = int64_constant(ctx, [-1], f"{tag}/last_axis")
+            (mean,) = ctx.emit("ReduceMean", [square, last], [ctx.fresh(f"{tag}/mean_square")], keepdims=1)
+        else:
+            (mean,) = ctx.emit("ReduceMean", [square], [ctx.fresh(f"{tag}/mean_square")], axes=[-1], keepdims=1)
         eps = scalar_constant(ctx, _eps(node), np.float32, f"{tag}/eps")
         (shifted,) = ctx.emit("Add", [mean, eps], [ctx.fresh(f"{tag}/plus_eps")])
         (root,) = ctx.emit("Sqrt", [shifted], [ctx.fresh(f"{tag}/rms")])

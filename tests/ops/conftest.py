@@ -16,7 +16,7 @@ import pytest
 
 import graphbuild as gb
 from graphbuild import reference
-from graphbuild.passes.export_onnx import network_to_model
+from graphbuild.passes.export_onnx import DEFAULT_OPSET, network_to_model
 from graphbuild.runtime.ortvalues import from_ortvalue, to_ortvalue
 
 #: Accuracy of an op computed in float32 and rounded once to the dtype, vs a float64 reference.
@@ -52,9 +52,9 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, dtype: gb.DType, tabl
         np.testing.assert_array_equal(actual, expected)
 
 
-def run_in_ort(net: gb.Network, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def run_in_ort(net: gb.Network, feeds: Mapping[str, np.ndarray], opset: int = DEFAULT_OPSET) -> dict[str, np.ndarray]:
     """Exports ``net`` as one model, checks it with onnx.checker and runs it on the CPU provider."""
-    model = network_to_model(net)
+    model = network_to_model(net, opset=opset)
     onnx.checker.check_model(model, full_check=True)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     names = list(net.outputs)
@@ -62,14 +62,14 @@ def run_in_ort(net: gb.Network, feeds: Mapping[str, np.ndarray]) -> dict[str, np
     return {name: from_ortvalue(v) for name, v in zip(names, values)}
 
 
-def check_engine_matches_reference(net: gb.Network, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Runs ``net`` in numpy and in ONNX Runtime and asserts agreement within an ulp.
+def check_engine_matches_reference(net: gb.Network, feeds: Mapping[str, np.ndarray], opset: int = DEFAULT_OPSET) -> dict[str, np.ndarray]:
+    """Runs ``net`` in numpy and in ONNX Runtime (lowered for ``opset``) and asserts agreement within an ulp.
 
     Returns:
         The reference outputs.
     """
     expected = reference.run(net, feeds)
-    actual = run_in_ort(net, feeds)
+    actual = run_in_ort(net, feeds, opset)
     for name, value in net.outputs.items():
         assert_close(actual[name], expected[name], value.dtype, ULP)
     return expected
@@ -88,6 +88,6 @@ def close() -> Callable[..., None]:
 
 
 @pytest.fixture
-def engine_check() -> Callable[[gb.Network, Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
-    """``engine_check(net, feeds)``: see ``check_engine_matches_reference``."""
+def engine_check() -> Callable[..., dict[str, np.ndarray]]:
+    """``engine_check(net, feeds, opset=21)``: see ``check_engine_matches_reference``."""
     return check_engine_matches_reference

@@ -100,11 +100,12 @@ def test_silu(dtype, make_array, close, engine_check):
 
 @pytest.mark.parametrize("dtype", FLOATS, ids=str)
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
-def test_gelu(dtype, approximate, make_array, close, engine_check):
+@pytest.mark.parametrize("opset", [17, 21], ids=lambda o: f"opset{o}")  # the Gelu op from 20, its formula before
+def test_gelu(dtype, approximate, opset, make_array, close, engine_check):
     x = make_array((5, 8), dtype, scale=3.0)
     net = unary_network(F.gelu, dtype, (5, "d"), approximate=approximate)
     assert net.outputs["y"].producer.attrs == {"approximate": approximate}
-    out = engine_check(net, {"x": x})["y"]
+    out = engine_check(net, {"x": x}, opset)["y"]
     w = x.astype(np.float64)
     if approximate == "none":
         expected = 0.5 * w * (1.0 + erf(w / math.sqrt(2.0)))
@@ -170,10 +171,11 @@ def test_layer_norm(dtype, with_bias, make_array, close, engine_check):
 
 
 @pytest.mark.parametrize("dtype", FLOATS, ids=str)
-def test_rms_norm(dtype, make_array, close, engine_check):
+@pytest.mark.parametrize("opset", [17, 21], ids=lambda o: f"opset{o}")  # ReduceMean's axes: attribute, then input
+def test_rms_norm(dtype, opset, make_array, close, engine_check):
     net = norm_network(F.rms_norm, dtype, ("tokens", 24), False, eps=1e-5)
     feeds = {"x": make_array((5, 24), dtype, scale=3.0), "w": make_array((24,), dtype)}
-    out = engine_check(net, feeds)["y"]
+    out = engine_check(net, feeds, opset)["y"]
     x, w = feeds["x"].astype(np.float64), feeds["w"].astype(np.float64)
     close(out, x / np.sqrt((x**2).mean(axis=-1, keepdims=True) + 1e-5) * w, dtype)
 
