@@ -42,8 +42,11 @@ def write_engine(target: Path, manifest: dict[str, Any], write_files: Callable[[
     """
     target = Path(target)
     _prepare_target(target, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
+    except OSError as error:
+        raise EngineError(f"cannot create the engine directory '{target}': {error}") from None
     try:
         written = write_files(staging)
         files = {}
@@ -59,10 +62,18 @@ def write_engine(target: Path, manifest: dict[str, Any], write_files: Callable[[
         if target.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.replaced-", dir=target.parent))
             os.rename(target, retired / target.name)
-            os.rename(staging, target)
-            shutil.rmtree(retired, ignore_errors=True)
+            try:
+                os.rename(staging, target)
+            except OSError:
+                os.rename(retired / target.name, target)  # the old engine goes back in place
+                raise
+            finally:
+                shutil.rmtree(retired, ignore_errors=True)
         else:
             os.rename(staging, target)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise EngineError(f"writing the engine '{target}' failed, nothing was written: {error}") from error
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

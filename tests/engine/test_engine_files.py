@@ -183,6 +183,49 @@ def test_interrupted_build_leaves_nothing_that_loads(tmp_path, rng, monkeypatch)
     assert list(tmp_path.iterdir()) == []
 
 
+def test_disk_full_during_a_rebuild_keeps_the_old_engine(tmp_path, rng, monkeypatch):
+    from graphbuild.passes import export_onnx
+
+    old = gb.build(small_network(rng), tmp_path / "engine")
+    ids = np.array([[1, 2, 3]])
+    before = old.run({"input_ids": ids})["emb"]
+
+    def disk_full(exported, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export_onnx, "write_model", disk_full)
+    with pytest.raises(gb.EngineError, match=r"writing the engine '.*engine' failed, nothing was written: \[Errno 28\] No space left"):
+        gb.build(small_network(rng), tmp_path / "engine", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["engine"]
+    np.testing.assert_array_equal(gb.Engine.load(tmp_path / "engine").run({"input_ids": ids})["emb"], before)
+
+
+def test_a_failed_swap_puts_the_old_engine_back(tmp_path, rng, monkeypatch):
+    import os
+
+    from graphbuild.engine import writer
+
+    gb.build(small_network(rng), tmp_path / "engine")
+    real_rename = os.rename
+
+    def rename(source, destination):
+        if ".building-" in str(source):
+            raise OSError(18, "Invalid cross-device link")
+        return real_rename(source, destination)
+
+    monkeypatch.setattr(writer.os, "rename", rename)
+    with pytest.raises(gb.EngineError, match="failed, nothing was written"):
+        gb.build(small_network(rng), tmp_path / "engine", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["engine"]
+    gb.Engine.load(tmp_path / "engine")  # checksums and all
+
+
+def test_an_engine_path_under_a_file_is_named(tmp_path, rng):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(gb.EngineError, match=r"cannot create the engine directory '.*afile/x': \[Errno 17\] File exists"):
+        gb.build(small_network(rng), tmp_path / "afile" / "x")
+
+
 def test_feeds_are_validated_before_running(engine_dir):
     engine = gb.Engine.load(engine_dir)
     with pytest.raises(gb.InputError, match=r"missing input\(s\) \['input_ids'\]"):
