@@ -42,8 +42,9 @@ const Descriptors& GetDescriptors() {
 bool StatusRoundTrips(const ort::Api& api) {
   OrtStatus* probe = api.CreateStatus(ort::kInvalidArgument, "graphbuild-probe");
   if (probe == nullptr) return false;
-  const bool ok = api.GetErrorCode(probe) == ort::kInvalidArgument &&
-                  std::string(api.GetErrorMessage(probe)) == "graphbuild-probe";
+  const char* message = api.GetErrorMessage(probe);  // A mismatched table may hand back null.
+  const bool ok = api.GetErrorCode(probe) == ort::kInvalidArgument && message != nullptr &&
+                  std::string(message) == "graphbuild-probe";
   api.ReleaseStatus(probe);
   return ok;
 }
@@ -61,8 +62,9 @@ OrtStatus* Register(OrtSessionOptions* options, const OrtApiBase* api_base) {
     return GuardAbi(api, "RegisterCustomOps", [&] {
       return MakeStatus(api, ort::kFail,
                         "graphbuild's custom-op library needs ONNX Runtime C API version " +
+                            std::to_string(ort::kMinApiVersion) + " (ONNX Runtime 1." +
                             std::to_string(ort::kMinApiVersion) +
-                            " (ONNX Runtime 1.16 or newer); this runtime is " +
+                            " or newer); this runtime is " +
                             (version != nullptr ? version : "of unknown version"));
     });
   }
@@ -82,18 +84,24 @@ OrtStatus* Register(OrtSessionOptions* options, const OrtApiBase* api_base) {
     }
     const Descriptors& descriptors = GetDescriptors();
     // Each call gets its own domain. ONNX Runtime does not take ownership and sessions created
-    // from these options refer to it, so it is deliberately never released.
+    // from these options refer to it, so once added it is deliberately never released; a domain
+    // that never reached the options is released with the error.
     OrtCustomOpDomain* domain = nullptr;
     if (OrtStatus* status = api.CreateCustomOpDomain(kDomain, &domain)) return status;
+    const auto fail = [&](OrtStatus* status) {
+      api.ReleaseCustomOpDomain(domain);
+      return status;
+    };
     for (const TPEmbeddingOp& op : descriptors.cpu) {
-      if (OrtStatus* status = api.CustomOpDomain_Add(domain, &op.base)) return status;
+      if (OrtStatus* status = api.CustomOpDomain_Add(domain, &op.base)) return fail(status);
     }
 #ifdef GRAPHBUILD_WITH_CUDA
     for (const TPEmbeddingOp& op : descriptors.cuda) {
-      if (OrtStatus* status = api.CustomOpDomain_Add(domain, &op.base)) return status;
+      if (OrtStatus* status = api.CustomOpDomain_Add(domain, &op.base)) return fail(status);
     }
 #endif
-    return api.AddCustomOpDomain(options, domain);
+    if (OrtStatus* status = api.AddCustomOpDomain(options, domain)) return fail(status);
+    return nullptr;
   });
 }
 

@@ -67,7 +67,10 @@ OrtStatus* ReadIntAttribute(const ort::Api& api, const OrtKernelInfo* info,
                             const TPEmbeddingConfig& config, const char* name, bool required,
                             int64_t fallback, int64_t* out) {
   if (Succeeds(api, api.KernelInfoGetAttribute_int64(info, name, out))) return nullptr;
-  // Absent, or present with another type: probe the other kinds to tell the two apart.
+  // Absent, or present with another type: probe the other kinds to tell the two apart. The scalar
+  // getters check the stored type; the array getters do not (they succeed for any attribute that
+  // is present and count that kind's elements), so their sizes name the list type, and an array
+  // getter that succeeds with nothing to count still proves the attribute is present.
   const char* stored_as = nullptr;
   float float_value = 0.0f;
   size_t size = 0;
@@ -76,7 +79,15 @@ OrtStatus* ReadIntAttribute(const ort::Api& api, const OrtKernelInfo* info,
   } else if (Succeeds(api, api.KernelInfoGetAttribute_string(info, name, nullptr, &size))) {
     stored_as = "a string";
   } else if (Succeeds(api, api.KernelInfoGetAttributeArray_int64(info, name, nullptr, &size))) {
-    stored_as = "a list of ints";
+    stored_as = "an attribute of another type";
+    size_t float_count = 0;
+    if (size > 0) {
+      stored_as = "a list of ints";
+    } else if (Succeeds(api, api.KernelInfoGetAttributeArray_float(info, name, nullptr,
+                                                                   &float_count)) &&
+               float_count > 0) {
+      stored_as = "a list of floats";
+    }
   }
   if (stored_as != nullptr) {
     return MakeStatus(api, ort::kInvalidArgument,

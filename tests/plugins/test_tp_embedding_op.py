@@ -14,6 +14,8 @@ import ctypes
 import json
 import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import ml_dtypes
@@ -377,6 +379,22 @@ def test_unsupported_table_type_is_rejected_at_load(plugin_lib, table_type):
             "attribute 'vocab_start' must be an int, got a string",
             id="string",
         ),
+        pytest.param(
+            {"vocab_size": [8, 9]}, "attribute 'vocab_size' must be an int, got a list of ints",
+            id="int-list",
+        ),
+        # ONNX Runtime's array getters succeed for an attribute of any type, so only the element
+        # count tells a list of ints from a list of floats or anything else.
+        pytest.param(
+            {"vocab_size": 8, "vocab_start": [1.0, 2.0]},
+            "attribute 'vocab_start' must be an int, got a list of floats",
+            id="float-list",
+        ),
+        pytest.param(
+            {"vocab_size": 8, "zero_out_of_range": ["a", "b"]},
+            "attribute 'zero_out_of_range' must be an int, got an attribute of another type",
+            id="string-list",
+        ),
     ],
 )
 def test_invalid_attributes_fail_session_creation(plugin_lib, attributes, message):
@@ -401,8 +419,18 @@ def test_library_exports_only_the_entry_point(plugin_lib):
     assert hasattr(library, "RegisterCustomOps")
     # Internal code, and the statically linked CUDA runtime, stay hidden; dlsym also searches the
     # library's dependencies, so this fails if libcudart.so were needed too.
-    for hidden in ("cudaMalloc", "cudaStreamSynchronize", "_ZN10graphbuild7plugins12ParseConfig"):
+    parse_config = (  # graphbuild::plugins::ParseConfig(const ort::Api&, ...), fully mangled.
+        "_ZN10graphbuild7plugins11ParseConfigERKNS_3ort3ApiEPK13OrtKernelInfo"
+        "PNS0_17TPEmbeddingConfigE"
+    )
+    for hidden in ("cudaMalloc", "cudaStreamSynchronize", parse_config):
         assert not hasattr(library, hidden), hidden
+    nm = shutil.which("nm")
+    if nm is not None:
+        command = [nm, "-D", "--defined-only", str(plugin_lib)]
+        listing = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        exported = {line.split()[-1] for line in listing.splitlines() if line.strip()}
+        assert exported == {"RegisterCustomOps"}
 
 
 def test_build_facts(plugin_lib):
@@ -413,6 +441,129 @@ def test_build_facts(plugin_lib):
     assert facts["version"]
     if facts["cuda"]:
         assert facts["cuda_architectures"]
+
+
+# --- RegisterCustomOps against a scripted OrtApi table. ------------------------------------------
+#
+# Each test loads a private copy of the library (a separate file is a separate dlopen, with its own
+# statics), hands it a fake OrtApiBase built with ctypes and checks what the library does with it.
+
+_CREATE_STATUS = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p)
+_STATUS_CODE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
+_STATUS_MESSAGE = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p)
+_RELEASE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+_CREATE_DOMAIN = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p))
+_DOMAIN_ADD = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+_GET_API = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_uint32)
+_GET_VERSION = ctypes.CFUNCTYPE(ctypes.c_void_p)
+
+
+class _ApiBase(ctypes.Structure):
+    _fields_ = [("GetApi", _GET_API), ("GetVersionString", _GET_VERSION)]
+
+
+class FakeRuntime:
+    """An OrtApi table whose slots are Python callbacks; records what the library calls."""
+
+    DOMAIN = 0xD0D0
+
+    def __init__(
+        self,
+        api_version: int,
+        version: bytes = b"1.16.3",
+        null_messages: bool = False,
+        failing_domain_add: bool = False,
+    ):
+        self.statuses: dict[int, tuple[int, bytes]] = {}
+        self.released_statuses: list[int] = []
+        self.released_domains: list[int] = []
+        self._buffers = {}
+        self._version = ctypes.create_string_buffer(version)
+        self._table = (ctypes.c_void_p * 300)()
+
+        def create_status(code, message):
+            handle = 0x1000 + 16 * len(self.statuses)
+            self.statuses[handle] = (code, message)
+            self._buffers[handle] = ctypes.create_string_buffer(message)
+            return handle
+
+        def message_of(handle):
+            return None if null_messages else ctypes.addressof(self._buffers[handle])
+
+        def create_domain(name, out):
+            out[0] = self.DOMAIN
+            return None
+
+        def domain_add(domain, op):
+            if not failing_domain_add:
+                return None
+            return create_status(1, b"scripted CustomOpDomain_Add failure")
+
+        self._callbacks = {
+            0: _CREATE_STATUS(create_status),
+            1: _STATUS_CODE(lambda handle: self.statuses[handle][0]),
+            2: _STATUS_MESSAGE(message_of),
+            26: _CREATE_DOMAIN(create_domain),
+            27: _DOMAIN_ADD(domain_add),
+            28: _DOMAIN_ADD(lambda options, domain: None),
+            93: _RELEASE(self.released_statuses.append),
+            101: _RELEASE(self.released_domains.append),
+        }
+        for slot, callback in self._callbacks.items():
+            self._table[slot] = ctypes.cast(callback, ctypes.c_void_p).value
+        table_address = ctypes.addressof(self._table)
+        self._get_api = _GET_API(lambda wanted: table_address if wanted <= api_version else None)
+        self._get_version = _GET_VERSION(lambda: ctypes.addressof(self._version))
+        self.base = _ApiBase(self._get_api, self._get_version)
+
+    def register(self, library: ctypes.CDLL) -> tuple[int, bytes] | None:
+        """Calls RegisterCustomOps; returns the (code, message) of the status it hands back."""
+        entry = library.RegisterCustomOps
+        entry.restype = ctypes.c_void_p
+        entry.argtypes = [ctypes.c_void_p, ctypes.POINTER(_ApiBase)]
+        handle = entry(None, ctypes.byref(self.base))
+        return None if handle is None else self.statuses[handle]
+
+
+@pytest.fixture
+def private_lib(plugin_lib, tmp_path) -> ctypes.CDLL:
+    copy = tmp_path / plugin_lib.name
+    shutil.copyfile(plugin_lib, copy)
+    return ctypes.CDLL(str(copy))
+
+
+def test_older_runtime_is_refused_with_the_release_it_needs(private_lib):
+    status = FakeRuntime(api_version=16, version=b"1.16.3").register(private_lib)
+    assert status is not None
+    code, message = status
+    assert code == 1  # ORT_FAIL
+    assert message.decode() == (
+        "graphbuild's custom-op library needs ONNX Runtime C API version 17 "
+        "(ONNX Runtime 1.17 or newer); this runtime is 1.16.3"
+    )
+
+
+def test_domain_that_cannot_be_filled_is_released(private_lib):
+    runtime = FakeRuntime(api_version=31, failing_domain_add=True)
+    status = runtime.register(private_lib)
+    assert status == (1, b"scripted CustomOpDomain_Add failure")
+    assert runtime.released_domains == [FakeRuntime.DOMAIN]
+
+
+def test_registration_adds_one_unreleased_domain(private_lib):
+    runtime = FakeRuntime(api_version=31)
+    assert runtime.register(private_lib) is None
+    assert runtime.released_domains == []
+    # The self-check's probe status was released; nothing else was created.
+    assert list(runtime.statuses) == runtime.released_statuses
+
+
+def test_status_self_check_survives_a_null_message(private_lib):
+    # A mismatched table may hand back a null message: the self-check reports the mismatch rather
+    # than building a std::string from null.
+    status = FakeRuntime(api_version=31, null_messages=True).register(private_lib)
+    assert status is not None
+    assert status[0] == 1 and b"status round trip failed" in status[1], status
 
 
 # --- CUDA execution provider (needs a GPU). ------------------------------------------------------

@@ -188,6 +188,17 @@ class Api {
   void ReleaseTensorTypeAndShapeInfo(OrtTensorTypeAndShapeInfo* info) const {
     Slot<99, void (*)(OrtTensorTypeAndShapeInfo*)>()(info);
   }
+  // Slot 101 is pinned by upstream's own static_assert (the last slot of API version 1).
+  void ReleaseCustomOpDomain(OrtCustomOpDomain* domain) const {
+    Slot<101, void (*)(OrtCustomOpDomain*)>()(domain);
+  }
+  // Slot 162 is the one just before KernelInfoGetAttributeArray_int64 (both added in version 8);
+  // tests/plugins checks it through the "list of floats" attribute message.
+  OrtStatus* KernelInfoGetAttributeArray_float(const OrtKernelInfo* info, const char* name,
+                                               float* out, size_t* size) const {
+    return Slot<162, OrtStatus* (*)(const OrtKernelInfo*, const char*, float*, size_t*)>()(
+        info, name, out, size);
+  }
   OrtStatus* KernelInfoGetAttributeArray_int64(const OrtKernelInfo* info, const char* name,
                                                int64_t* out, size_t* size) const {
     return Slot<163, OrtStatus* (*)(const OrtKernelInfo*, const char*, int64_t*, size_t*)>()(
