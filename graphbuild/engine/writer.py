@@ -65,10 +65,11 @@ def write_engine(target: Path, manifest: dict[str, Any], write_files: Callable[[
             try:
                 os.rename(staging, target)
             except OSError:
-                os.rename(retired / target.name, target)  # the old engine goes back in place
+                # The old engine goes back in place; if even that fails it stays in `retired`.
+                os.rename(retired / target.name, target)
+                retired.rmdir()
                 raise
-            finally:
-                shutil.rmtree(retired, ignore_errors=True)
+            shutil.rmtree(retired, ignore_errors=True)
         else:
             os.rename(staging, target)
     except OSError as error:
