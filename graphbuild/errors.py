@@ -44,6 +44,10 @@ class EngineError(GraphBuildError):
     """An engine directory is missing, corrupt, tampered with, or of another format version."""
 
 
+class CheckpointError(GraphBuildError):
+    """A checkpoint is missing a parameter, has an unexpected or wrongly shaped one, or cannot be read."""
+
+
 class PluginNotFoundError(GraphBuildError):
     """The custom-op library is not installed with the package."""
 

@@ -27,12 +27,12 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import weakref
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
 from graphbuild import dtypes
-from graphbuild.errors import GraphConstructionError
+from graphbuild.errors import CheckpointError, GraphConstructionError
 from graphbuild.ir.network import Network, current_network
 from graphbuild.tensor import Tensor
 
@@ -44,21 +44,39 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+WeightLoader = Callable[[np.ndarray], np.ndarray]
+
+
 class Parameter:
     """A named array owned by a module; becomes a network constant when a forward uses it.
+
+    A tensor-parallel layer holds only its rank's slice of a parameter. ``full_shape`` is the
+    shape the parameter has in a checkpoint (the whole, unsharded tensor) and ``weight_loader``
+    cuts this rank's slice out of it, as TensorRT-LLM's layers do; ``load`` applies both.
 
     Args:
         data: the array (copied only if a dtype conversion is needed).
         dtype: graphbuild dtype to convert ``data`` to; defaults to the array's own (float64
             becomes float32).
         name: fallback name when the parameter is used outside a module call.
+        full_shape: the checkpoint shape (default: ``data``'s shape, an unsharded parameter).
+        weight_loader: maps the checkpoint tensor (``full_shape``) to this parameter's data
+            (``shape``); default: the tensor itself.
 
     Attributes:
         data: the numpy array.
         dtype: its graphbuild ``DType``.
     """
 
-    def __init__(self, data: Any, dtype: Optional[dtypes.DTypeLike] = None, *, name: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        data: Any,
+        dtype: Optional[dtypes.DTypeLike] = None,
+        *,
+        name: Optional[str] = None,
+        full_shape: Optional[Sequence[int]] = None,
+        weight_loader: Optional[WeightLoader] = None,
+    ) -> None:
         array = np.asarray(data)
         if dtype is not None:
             array = array.astype(dtypes.as_dtype(dtype).numpy, copy=False)
@@ -67,7 +85,31 @@ class Parameter:
         self.dtype = dtypes.as_dtype(array.dtype)
         self.data = array
         self.name = name
+        self.full_shape: tuple[int, ...] = tuple(int(d) for d in full_shape) if full_shape is not None else tuple(array.shape)
+        self.weight_loader = weight_loader
         self._constants: "weakref.WeakKeyDictionary[Network, Tensor]" = weakref.WeakKeyDictionary()
+
+    def load(self, tensor: np.ndarray, *, what: Optional[str] = None) -> None:
+        """Replaces the data with this rank's slice of the checkpoint ``tensor`` (cast to ``dtype``).
+
+        Networks built before keep the old values; build again after loading.
+
+        Args:
+            tensor: the whole checkpoint tensor, of shape ``full_shape``.
+            what: names the parameter and its source in errors (``"'h.0.attn.weight' in model.safetensors"``).
+
+        Raises:
+            CheckpointError: ``tensor`` has the wrong shape, or the loader gave the wrong shape.
+        """
+        label = what or (f"parameter '{self.name}'" if self.name else "parameter")
+        array = np.asarray(tensor)
+        if tuple(array.shape) != self.full_shape:
+            raise CheckpointError(f"{label}: checkpoint tensor has shape {list(array.shape)}, expected {list(self.full_shape)}")
+        piece = array if self.weight_loader is None else np.asarray(self.weight_loader(array))
+        if tuple(piece.shape) != self.shape:
+            raise CheckpointError(f"{label}: weight_loader gave shape {list(piece.shape)}, expected {list(self.shape)}")
+        self.data = np.ascontiguousarray(piece, dtype=self.dtype.numpy)
+        self._constants = weakref.WeakKeyDictionary()
 
     @property
     def shape(self) -> tuple[int, ...]:
