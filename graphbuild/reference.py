@@ -120,7 +120,8 @@ def run_ranks(networks: Sequence[Network], feeds: Union[Feeds, Sequence[Feeds]])
         networks: one network per rank.
         feeds: one mapping shared by every rank, or one mapping per rank (matching ``networks``).
 
-    User-written rank-local networks (embeddings carrying ``tp_rank``) may come in any order: they
+    User-written rank-local networks (built by TP layers for a rank, or with embeddings carrying
+    ``tp_rank``) may come in any order: they
     are partitioned first, exactly as ``gb.build`` partitions them, and run in rank order.
 
     Returns:
@@ -167,7 +168,10 @@ def run_ranks(networks: Sequence[Network], feeds: Union[Feeds, Sequence[Feeds]])
             raise ExecutionError(f"run_ranks: the ranks do not meet at a common collective: {_states(ranks, positions)}")
 
 
-def _has_rank_local_embedding(net: Network) -> bool:
+def _is_rank_local(net: Network) -> bool:
+    """A rank-local network: one built by TP layers for a rank, or holding a rank-local embedding."""
+    if net.meta.get("tp_rank") is not None:
+        return True
     return any(node.op == "embedding" and node.attrs.get("tp_rank") is not None for node in net.nodes)
 
 
@@ -179,7 +183,7 @@ def _lower_rank_local(networks: Sequence[Network], per_rank: Sequence[Feeds]) ->
     Networks without one (already partitioned, or written with explicit collectives) run as given.
     The feeds follow their networks into rank order (a rank's position in its ``tp_group``).
     """
-    if not any(_has_rank_local_embedding(net) for net in networks):
+    if not any(_is_rank_local(net) for net in networks):
         return networks, per_rank
     from graphbuild.passes import partition_ranks, rank_order  # passes build on the IR, not the reverse
 

@@ -1,4 +1,4 @@
-"""Neural-network ops: ``matmul``, ``relu``, ``silu``, ``gelu``, ``softmax``, ``layer_norm`` and
+"""Neural-network ops: ``matmul``, ``linear``, ``relu``, ``silu``, ``gelu``, ``softmax``, ``layer_norm`` and
 ``rms_norm``.
 
 float16 and bfloat16 inputs are computed in float32 and rounded back once (matmul accumulates in
@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Optional
 
+from graphbuild.errors import GraphConstructionError
 from graphbuild.functional.attrs import add_op
+from graphbuild.ir.network import as_value
 from graphbuild.tensor import Tensor
 
 
-def matmul(a: Tensor, b: Tensor, *, name: Optional[str] = None) -> Tensor:
+def matmul(a: Tensor, b: Tensor, *, transpose_a: bool = False, transpose_b: bool = False, name: Optional[str] = None) -> Tensor:
     """Matrix product with numpy semantics.
 
     ``a`` is ``[..., n, k]`` and ``b`` is ``[..., k, m]``; batch dims broadcast; a 1-D ``a`` is a
@@ -22,13 +24,48 @@ def matmul(a: Tensor, b: Tensor, *, name: Optional[str] = None) -> Tensor:
     Args:
         a: left operand (float or int dtype, at least 1-D).
         b: right operand of the same dtype.
+        transpose_a: swap the last two axes of ``a`` first (a ``transpose`` node; ``a`` at least 2-D).
+        transpose_b: swap the last two axes of ``b`` first (``q @ k^T`` is
+            ``matmul(q, k, transpose_b=True)``).
         name: the node's name.
 
     Raises:
         ShapeInferenceError: dtypes differ, or the contracting dims are not the same int or the
             same symbol name, or the batch dims do not broadcast.
     """
+    if transpose_a:
+        a = _swap_last_axes(a, "transpose_a", name)
+    if transpose_b:
+        b = _swap_last_axes(b, "transpose_b", name)
     return add_op("matmul", [a, b], name=name).output.tensor()
+
+
+def _swap_last_axes(x: Tensor, what: str, name: Optional[str]) -> Tensor:
+    rank = as_value(x).rank
+    if rank < 2:
+        label = f"matmul '{name}'" if name else "matmul"
+        raise GraphConstructionError(f"{label}: {what} needs an operand of at least 2 dims, got shape {as_value(x).shape}")
+    perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+    return add_op("transpose", [x], {"perm": perm}, name=f"{name}/{what}" if name else None).output.tensor()
+
+
+def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, name: Optional[str] = None) -> Tensor:
+    """``x @ weight.T + bias`` with the weight in PyTorch layout ``[out_features, in_features]``.
+
+    Args:
+        x: float input ``[..., in_features]``.
+        weight: ``[out_features, in_features]``, same dtype as ``x``.
+        bias: optional ``[out_features]``, same dtype.
+        name: the node's name.
+
+    Returns:
+        ``[..., out_features]``.
+
+    Raises:
+        ShapeInferenceError: dtypes differ or the features do not match (naming both shapes).
+    """
+    inputs = [x, weight] + ([bias] if bias is not None else [])
+    return add_op("linear", inputs, name=name).output.tensor()
 
 
 def relu(x: Tensor, *, name: Optional[str] = None) -> Tensor:

@@ -1,5 +1,5 @@
 """Shape ops: ``reshape``, ``transpose``, ``concat``, ``split``, ``slice_tensor``, ``gather``,
-``unsqueeze`` and ``squeeze``.
+``unsqueeze``, ``squeeze`` and ``arange_like`` (indices along a dim).
 
 The slicing function is called ``slice_tensor`` so that it does not shadow Python's ``slice``.
 How symbolic dims flow through each op (reshape's ``-1``, derived names such as
@@ -154,3 +154,18 @@ def squeeze(x: Tensor, axes: Union[None, int, Sequence[int]] = None, *, name: Op
         axes = tuple(i for i, d in enumerate(as_value(x).shape) if d == 1)
     axes = (axes,) if isinstance(axes, (int, np.integer)) else axes
     return add_op("squeeze", [x], {"axes": axes}, name=name).output.tensor()
+
+
+def arange_like(x: Tensor, axis: int = -1, dtype: str = "int64", *, name: Optional[str] = None) -> Tensor:
+    """``[0, 1, ..., n - 1]`` where ``n = x.shape[axis]``, symbolic dims included.
+
+    Reads only the shape of ``x``: ``arange_like(input_ids, -1)`` gives the position ids of a
+    ``[batch, seq]`` input, shape ``(seq,)``.
+
+    Args:
+        x: any tensor of rank >= 1.
+        axis: the dim to count (negatives count from the end).
+        dtype: ``"int64"`` (default) or ``"int32"``.
+        name: the node's name.
+    """
+    return add_op("arange_like", [x], {"axis": axis, "dtype": str(dtype)}, name=name).output.tensor()

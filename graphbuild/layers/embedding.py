@@ -11,8 +11,10 @@ import numpy as np
 from graphbuild import dtypes
 from graphbuild.errors import GraphConstructionError
 from graphbuild.functional.embedding import check_tp_group, embedding
+from graphbuild.functional.shape import arange_like, unsqueeze
 from graphbuild.ir.network import as_value
 from graphbuild.layers.module import Module, Parameter
+from graphbuild.layers.parallel import init_skipped
 from graphbuild.sharding import hidden_split_sizes, shard_table, vocab_shard_rows
 from graphbuild.tensor import Tensor
 
@@ -38,7 +40,9 @@ class Embedding(Module):
 
     The weight is registered as ``weight`` (``"wte.weight"`` when the layer is the ``wte``
     attribute of the called module, or is called on its own with ``name="wte"``) and initialised
-    ``N(0, 1)`` from ``seed``, like ``torch.nn.Embedding`` and tch-rs ``nn::embedding``.
+    ``N(0, 1)`` from ``seed``, like ``torch.nn.Embedding`` and tch-rs ``nn::embedding``. Its
+    ``full_shape`` is ``[V, D]`` and ``weight.load(table)`` keeps this rank's shard of a checkpoint
+    table (``Parameter.load``).
 
     Tensor parallelism follows ``functional.embedding``:
 
@@ -118,7 +122,14 @@ class Embedding(Module):
         self.scale_grad_by_freq = bool(scale_grad_by_freq)
         self.seed = seed
         table = self._initial_table(what) if weight is None else self._given_table(what, weight)
-        self.weight = Parameter(table, self.dtype, name="weight")
+        self.weight = Parameter(table, self.dtype, name="weight", full_shape=(self.num_embeddings, self.embedding_dim), weight_loader=self._shard_of)
+
+    def _shard_of(self, full: np.ndarray) -> np.ndarray:
+        """This layer's part of the checkpoint table ``[V, D]`` (``weight_loader``): the table itself
+        in logical mode, this rank's shard in rank-local mode (a vocab shard zero-padded)."""
+        if not self.is_rank_local:
+            return full
+        return shard_table(full, self.tp_size, self.tp_group.index(self.tp_rank), self.sharding_dim)
 
     # ------------------------------------------------------------------------- shards
     @property
@@ -148,6 +159,8 @@ class Embedding(Module):
         if self.sharding_dim == 1 and self.is_rank_local and c1 <= c0:
             raise GraphConstructionError(f"{what}: embedding_dim={self.embedding_dim} gives rank {self.tp_rank} no column (tp_size={self.tp_size})")
         table = np.zeros((r1 - r0, c1 - c0), dtype=self.dtype.numpy)
+        if init_skipped():  # inside layers.no_init(): weights come from a checkpoint next
+            return table
         filled = 0
         for chunk in _normal_rows(self.seed, self.num_embeddings, self.embedding_dim, r0, r1):
             table[filled : filled + len(chunk)] = chunk[:, c0:c1]
@@ -200,3 +213,39 @@ class Embedding(Module):
         if self.scale_grad_by_freq:
             parts.append("scale_grad_by_freq=True")
         return ", ".join(parts)
+
+
+class PositionEmbedding(Embedding):
+    """Learned absolute position embeddings (BERT's ``position_embeddings``, GPT-2's ``wpe``).
+
+    An ``Embedding`` of ``max_positions`` rows; it takes the same TP arguments, and in a
+    tensor-parallel network it must carry them like every embedding there (the partition pass
+    needs every op of a network to agree on ``tp_size``).
+
+    ``forward(input_ids, position_ids=None)``: with ``position_ids`` (int32/int64, any shape, as
+    TensorRT-LLM models take them) those are looked up, giving ``position_ids.shape + (D,)``.
+    Without, the positions ``0 .. seq-1`` are derived from the last axis of ``input_ids``
+    (``functional.arange_like``) and the result has shape ``(1, seq, D)``, which broadcasts against
+    token embeddings ``[batch, seq, D]``. Derived positions start at 0 (no past key/value offset);
+    a sequence longer than ``max_positions`` is an out-of-range id error when the network runs.
+
+    Args:
+        max_positions: number of positions (rows).
+        embedding_dim: hidden size ``D``.
+        **kwargs: as ``Embedding`` (dtype, tp_size, tp_group, sharding_dim, tp_rank, weight, seed, name).
+    """
+
+    def __init__(self, max_positions: int, embedding_dim: int, **kwargs: Any) -> None:
+        super().__init__(max_positions, embedding_dim, **kwargs)
+
+    @property
+    def max_positions(self) -> int:
+        return self.num_embeddings
+
+    def forward(self, input_ids: Tensor, position_ids: Optional[Tensor] = None) -> Tensor:  # type: ignore[override]
+        """Looks up ``position_ids``, or the positions of ``input_ids``' last axis (see the class docstring)."""
+        if position_ids is not None:
+            return super().forward(position_ids)
+        path = self.path
+        positions = arange_like(input_ids, -1, dtype="int64", name=f"{path}/positions" if path else None)
+        return unsqueeze(super().forward(positions), 0)

@@ -1,12 +1,13 @@
-"""Neural-network ops: ``matmul``, the activations ``relu``, ``silu`` and ``gelu``, ``softmax``,
+"""Neural-network ops: ``matmul``, ``linear``, the activations ``relu``, ``silu`` and ``gelu``, ``softmax``,
 ``layer_norm`` and ``rms_norm``.
 
-Numerics: for float16 and bfloat16 inputs, ``matmul``, ``silu``, ``gelu``, ``softmax``,
+Numerics: for float16 and bfloat16 inputs, ``matmul``, ``linear``, ``silu``, ``gelu``, ``softmax``,
 ``layer_norm`` and ``rms_norm`` cast their inputs to float32, compute in float32 (matmul
 accumulates in float32; the gelu evaluator uses float64 for erf) and round the result back once; evaluators and lowerings do exactly that,
 so engines agree with the reference within float32 rounding. ``relu`` is exact in every dtype.
 
-Lowerings (opset 17 and newer): ``MatMul``; ``Relu`` (floats) or ``Max(x, 0)`` (ints); ``Sigmoid`` +
+Lowerings (opset 17 and newer): ``MatMul``; ``linear`` as ``MatMul(x, Transpose(weight))`` (+ ``Add``
+of the bias; ONNX Runtime folds the transpose of an initializer when the session loads); ``Relu`` (floats) or ``Max(x, 0)`` (ints); ``Sigmoid`` +
 ``Mul``; ``Gelu`` (opset 20 and newer, ``approximate`` "none" or "tanh"; its formula in ``Erf`` or
 ``Tanh`` before that); ``Softmax``; ``LayerNormalization``
 (``stash_type=1``); rms_norm composed as ``x / Sqrt(ReduceMean(x * x) + eps) * weight``.
@@ -323,3 +324,58 @@ register(
     )
 )
 
+
+
+# ------------------------------------------------------------------------------------ linear
+def _infer_linear(node: Any) -> Sequence[TensorType]:
+    x, weight = node.inputs[0], node.inputs[1]
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    params = [weight] + ([bias] if bias is not None else [])
+    dtype = require_same_dtype([x] + params, "the input and its weight/bias")
+    require_dtype(x, dtypes.FLOATS, "the input")
+    if x.rank == 0:
+        raise ShapeInferenceError("the input must be at least 1-D, got a scalar")
+    if weight.rank != 2:
+        raise ShapeInferenceError(f"weight must be 2-D [out_features, in_features], got {format_shape(weight.shape)}")
+    if not same_dim(weight.shape[1], x.shape[-1]):
+        raise ShapeInferenceError(
+            f"weight {format_shape(weight.shape)} has in_features {weight.shape[1]!r}, but the input "
+            f"{format_shape(x.shape)} has {x.shape[-1]!r} on its last axis (weights are [out_features, in_features])"
+        )
+    if bias is not None and (bias.rank != 1 or not same_dim(bias.shape[0], weight.shape[0])):
+        raise ShapeInferenceError(f"bias must have shape ({weight.shape[0]},) (out_features), got {format_shape(bias.shape)}")
+    return [TensorType(dtype, x.shape[:-1] + (weight.shape[0],))]
+
+
+def _evaluate_linear(node: Any, inputs: Sequence[Optional[np.ndarray]]) -> list[np.ndarray]:
+    x, weight = to_float32(inputs[0]), to_float32(inputs[1])
+    y = np.matmul(x, weight.T)
+    if len(inputs) > 2 and inputs[2] is not None:
+        y = y + to_float32(inputs[2])
+    return [from_float32(y, inputs[0].dtype)]
+
+
+def _lower_linear(ctx: LoweringContext, node: Any) -> None:
+    tag = node.name
+    inputs = [v for v in node.inputs if v is not None]
+
+    def body(ins: list[str], out: str) -> None:
+        (weight_t,) = ctx.emit("Transpose", [ins[1]], [ctx.fresh(f"{tag}/weight_t")], perm=[1, 0])
+        if len(ins) == 2:
+            ctx.emit("MatMul", [ins[0], weight_t], [out])
+            return
+        (product,) = ctx.emit("MatMul", [ins[0], weight_t], [ctx.fresh(f"{tag}/matmul")])
+        ctx.emit("Add", [product, ins[2]], [out])
+
+    lower_in_float32(ctx, node, inputs, body)
+
+
+register(
+    OpDef(
+        "linear",
+        infer=_infer_linear,
+        evaluate=_evaluate_linear,
+        lower=_lower_linear,
+        doc="x @ weight.T + bias, weight [out_features, in_features] (PyTorch layout)",
+    )
+)

@@ -15,6 +15,8 @@ CORE = [
     "add", "sub", "mul", "div", "equal", "less", "where", "cast", "identity",
     "matmul", "relu", "silu", "gelu", "softmax", "layer_norm", "rms_norm",
     "reshape", "transpose", "concat", "split", "slice_tensor", "gather", "unsqueeze", "squeeze",
+    "linear", "sqrt", "exp", "log", "tanh", "erf", "sigmoid", "absolute", "neg", "power", "maximum", "minimum",
+    "reduce_sum", "reduce_mean", "reduce_max", "arange_like",
 ]  # fmt: skip
 
 
