@@ -45,6 +45,7 @@ from graphbuild.tensor import Tensor
 from graphbuild.engine import Engine
 from graphbuild.build import build
 from graphbuild import functional, reference
+from graphbuild.checkpoint import LoadReport, ParameterStore, load_safetensors, save_safetensors
 
 
 def constant(array: Any, name: Optional[str] = None, dtype: Optional[dtypes.DTypeLike] = None) -> Tensor:
@@ -62,10 +63,12 @@ __all__ = [
     "GraphBuildError",
     "GraphConstructionError",
     "InputError",
+    "LoadReport",
     "Network",
     "NetworkContextError",
     "Node",
     "OutOfRangeIdError",
+    "ParameterStore",
     "PartitionError",
     "PassError",
     "PluginNotFoundError",
@@ -84,5 +87,7 @@ __all__ = [
     "functional",
     "int32",
     "int64",
+    "load_safetensors",
     "reference",
+    "save_safetensors",
 ]
