@@ -1,0 +1,107 @@
+"""``examples/bert_minilm.py``: all-MiniLM-L6-v2's real checkpoint compiled at tp_size 1, 2, 3 and
+4; the engines' sentence embeddings against the independent numpy BERT of ``numpy_bert.py``
+(max abs diff < 1e-4), the engine cache, and the name map over the whole checkpoint."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+import graphbuild as gb
+
+HERE = Path(__file__).resolve().parent
+EXAMPLE = HERE.parents[1] / "examples" / "bert_minilm.py"
+SENTENCES = ["A man is eating food.", "A man is eating a piece of bread.", "Graphs split over ranks!"]
+
+
+def load_module(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def example():
+    module = load_module("graphbuild_example_bert_minilm", EXAMPLE)
+    yield module
+    sys.modules.pop("graphbuild_example_bert_minilm", None)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("bert_engines")
+
+
+@pytest.fixture(scope="module")
+def expected(example):
+    numpy_bert = load_module("graphbuild_numpy_bert", HERE / "numpy_bert.py")
+    weights = load_file(str(example.model_dir() / "model.safetensors"))
+    feeds = example.tokenize(SENTENCES)
+    return numpy_bert.sentence_embeddings(weights, feeds["input_ids"], feeds["attention_mask"], feeds["token_type_ids"], num_heads=12)
+
+
+def test_tokenize_pads_to_the_longest_sentence(example):
+    feeds = example.tokenize(["hello world", "a much longer sentence than the first one"])
+    ids, mask = feeds["input_ids"], feeds["attention_mask"]
+    assert ids.dtype == np.int64 and ids.shape == mask.shape == feeds["token_type_ids"].shape
+    assert ids[0, 0] == 101 and ids[0, 3] == 102 and mask[0].tolist()[:5] == [1, 1, 1, 1, 0]  # [CLS] hello world [SEP] [PAD]
+    assert mask[1].all() and not feeds["token_type_ids"].any()
+
+
+@pytest.mark.parametrize("tp_size", [1, 2, 3, 4])
+def test_engine_embeddings_match_numpy_bert(tp_size, example, cache_dir, expected):
+    got = example.encode(SENTENCES, tp_size=tp_size, cache_dir=cache_dir)
+    assert got.shape == (len(SENTENCES), 384) and got.dtype == np.float32
+    assert float(np.abs(got - expected).max()) < 1e-4
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_similar_sentences_are_closer(example, cache_dir):
+    a, b, c = example.encode(SENTENCES, tp_size=1, cache_dir=cache_dir)
+    assert a @ b > 0.6 > a @ c
+    np.testing.assert_allclose(example.encode(SENTENCES[0], cache_dir=cache_dir)[0], a, rtol=0, atol=1e-6)  # one str, no padding
+    assert example.encode([], cache_dir=cache_dir).shape == (0, 384)
+
+
+def test_cached_engine_is_reused_and_rebuilt_when_stale(example, cache_dir, expected):
+    example.encode(SENTENCES[:1], tp_size=1, cache_dir=cache_dir)  # built (or already built by the test above)
+    example._ENGINES.clear()
+    engine, built, _ = example.compile_engine(1, cache_dir)
+    assert not built
+    stamp = cache_dir / "tp1.json"
+    stamp.write_text(stamp.read_text().replace('"size": ', '"size": 1'))  # pretend the checkpoint changed
+    engine, built, _ = example.compile_engine(1, cache_dir)
+    assert built
+    feeds = example.tokenize(SENTENCES)
+    np.testing.assert_allclose(engine.run(feeds)["embeddings"], expected, rtol=0, atol=1e-4)
+
+
+def test_name_map_covers_the_checkpoint(example):
+    store = gb.ParameterStore(example.model_dir())
+    model = example.SentenceBert(example.BertConfig.from_json(example.model_dir() / "config.json"))
+    used = set()
+    for name, param in model.named_parameters():
+        mapped = example.checkpoint_name(name)
+        names = [mapped] if isinstance(mapped, str) else mapped
+        used.update(names)
+        assert all(n in store for n in names), name
+    assert sorted(set(store.keys()) - used) == sorted(["embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias"])
+    assert example.checkpoint_name("encoder.layer.3.attention.qkv.weight") == [
+        f"encoder.layer.3.attention.self.{p}.weight" for p in ("query", "key", "value")
+    ]
+
+
+def test_main_prints_similarities_from_cached_engines(example, cache_dir, capsys):
+    example.encode(SENTENCES[:1], tp_size=2, cache_dir=cache_dir)  # cached by the tp tests when run together
+    assert example.main(["A cat sat.", "A cat was sitting.", "--tp-sizes", "1", "2", "--cache-dir", str(cache_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "tp_size 2: cached engine loaded" in out and "cosine similarities (tp_size 1):" in out and out.rstrip().endswith("OK")
+    row = next(line for line in out.splitlines() if line.strip().startswith("0 ") and "1.000" in line)
+    assert 0.5 < float(row.split()[2]) < 1.0  # the two sentences are close
