@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 from typing import Any, ClassVar, Iterable, Optional, Sequence
 
 from graphbuild.errors import GraphBuildError, PassError
@@ -110,7 +111,9 @@ class PassManager:
         max_iterations: the bound on repetitions when ``fixed_point`` is set.
 
     ``run`` returns one ``PassResult`` whose ``stats`` map each pass name to its stats summed over
-    iterations, plus ``"pass_manager": {"iterations": n, "converged": bool}``.
+    iterations, plus ``"pass_manager": {"iterations": n, "converged": bool}``. After a run,
+    ``seconds`` maps each pass name to the wall time it took (summed over iterations; the verifier
+    runs of ``verify_each`` not included).
     """
 
     def __init__(self, passes: Iterable[Pass], *, verify_each: bool = False, fixed_point: bool = False, max_iterations: int = 10) -> None:
@@ -123,6 +126,7 @@ class PassManager:
         self.verify_each = verify_each
         self.fixed_point = fixed_point
         self.max_iterations = max_iterations
+        self.seconds: dict[str, float] = {}
 
     def run(self, net: Network) -> PassResult:
         """Runs the passes on ``net`` (edited in place).
@@ -133,6 +137,7 @@ class PassManager:
         """
         ran: list[str] = []
         stats: dict[str, dict[str, Any]] = {}
+        self.seconds = {}
         if self.verify_each:
             self._verify(net, None, ran)
         modified_any = False
@@ -142,7 +147,9 @@ class PassManager:
             iterations += 1
             modified_now = False
             for p in self.passes:
+                start = time.perf_counter()
                 result = self._run_one(p, net, ran)
+                self.seconds[p.name] = self.seconds.get(p.name, 0.0) + time.perf_counter() - start
                 net = result.network
                 ran.append(p.name)
                 merge_stats(stats.setdefault(p.name, {}), result.stats)

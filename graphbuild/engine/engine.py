@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 
 from graphbuild.engine.manifest import MANIFEST, TensorSpec, check_files, read_manifest, resolve_inside
-from graphbuild.errors import EngineError
+from graphbuild.errors import EngineError, InputError
 from graphbuild.plugin import DOMAIN, TP_EMBEDDING
 from graphbuild.runtime.executor import LocalExecutor
 from graphbuild.runtime.feeds import validate_feeds
@@ -97,15 +97,29 @@ class Engine:
         executor = LocalExecutor(root, manifest, providers=providers, intra_op_threads=intra_op_threads)
         return cls(root, manifest, executor)
 
-    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, Any], *, out: Optional[Mapping[str, np.ndarray]] = None) -> dict[str, np.ndarray]:
         """Runs every rank in this process and returns the outputs (rank 0's) by name.
 
+        The returned arrays belong to the caller: they are fresh copies (or the ``out`` arrays), never
+        buffers a later call overwrites.
+
+        Args:
+            feeds: input name -> array (numpy arrays of the declared dtype, or lists).
+            out: optional output name -> preallocated array of the output's exact shape and dtype;
+                those outputs are written there (and returned) instead of into new arrays.
+
         Raises:
-            InputError: feeds do not match the engine's inputs (checked before anything runs).
+            InputError: feeds (or ``out``) do not match the engine's inputs (outputs); checked
+                before anything runs.
             OutOfRangeIdError: an embedding id lies outside the vocabulary.
             ExecutionError: ONNX Runtime or a collective failed.
         """
-        return self.run_all_ranks(feeds)[0]
+        arrays = validate_feeds(self.inputs, feeds, f"engine '{self.name}'")
+        if out is not None:
+            unknown = sorted(set(out) - {spec.name for spec in self.outputs})
+            if unknown:
+                raise InputError(f"engine '{self.name}': out names unknown output(s) {unknown}; its outputs are {[s.name for s in self.outputs]}")
+        return self._executor.run_all_ranks(arrays, out)[0]
 
     def run_all_ranks(self, feeds: Mapping[str, Any]) -> list[dict[str, np.ndarray]]:
         """Like ``run`` but returns every rank's outputs, in rank order."""

@@ -55,8 +55,7 @@ def write_engine(target: Path, manifest: dict[str, Any], write_files: Callable[[
             files[relpath] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
         manifest = {**manifest, "files": files}
         with open(staging / MANIFEST, "w", encoding="utf-8") as handle:
-            json.dump(manifest, handle, indent=2)
-            handle.write("\n")
+            handle.write(json.dumps(manifest, indent=2) + "\n")  # one write, not one per token
             handle.flush()
             os.fsync(handle.fileno())
         if target.exists():

@@ -76,6 +76,7 @@ class Network:
         self._scopes: list[str] = []
         self._tokens: list[contextvars.Token] = []
         self._next_instance_id = 0
+        self._instance_scan: tuple[int, Optional[Node], set[Any]] = (0, None, set())
 
     # ----------------------------------------------------------------------------- context
     def __enter__(self) -> "Network":
@@ -104,11 +105,26 @@ class Network:
 
     def new_instance_id(self) -> int:
         """A collective identity that is unique within this network."""
-        used = {n.attrs.get("instance_id") for n in self.nodes}
+        used = self._used_instance_ids()
         while self._next_instance_id in used:
             self._next_instance_id += 1
         self._next_instance_id += 1
         return self._next_instance_id - 1
+
+    def _used_instance_ids(self) -> set[Any]:
+        """The instance_ids of all nodes, scanning only the nodes appended since the last call.
+
+        Building a network calls ``new_instance_id`` once per collective; a full scan each time
+        made building quadratic. The cache is rebuilt when the node list changed other than by
+        appending (its last scanned node moved).
+        """
+        scanned, last, used = self._instance_scan
+        if scanned > len(self.nodes) or (scanned and self.nodes[scanned - 1] is not last):
+            scanned, used = 0, set()
+        for node in self.nodes[scanned:]:
+            used.add(node.attrs.get("instance_id"))
+        self._instance_scan = (len(self.nodes), self.nodes[-1] if self.nodes else None, used)
+        return used
 
     # ----------------------------------------------------------------------------- building
     def add_input(self, name: str, dtype: dtypes.DTypeLike, shape: Sequence[int | str]) -> "Tensor":

@@ -1,27 +1,51 @@
 """The local executor: runs every rank of an engine in one process.
 
-Ranks advance in lockstep through their steps. A segment step runs that rank's ONNX Runtime
-session; a collective step gathers each rank's input and performs the collective in memory with
-the op's registry ``combine`` (the same semantics the reference interpreter uses). Sessions,
-output-name lists and collective descriptions are prepared once per engine, not per call.
+Everything an engine run touches is made once and reused:
+
+- per engine (at load): one ONNX Runtime session per segment file, the collectives' helper
+  sessions (``graphbuild.runtime.collectives``) on the same provider;
+- per input-shape signature (a ``Plan``, made by the first call with those shapes, at most
+  ``max_plans`` kept, least recently used dropped): one buffer per feed, per segment output and per
+  collective result, all ``OrtValue``s on the engine's device, and one IO binding per step with
+  its inputs and outputs bound to those buffers.
+
+A call then copies the feeds into their buffers, runs the steps in order (rank 0's step, rank 1's
+step, ...; collectives once for all ranks) and copies the outputs out. With the CUDA provider the
+buffers live on the GPU: intermediates never leave it, collectives run there, and only the
+outputs the caller gets back are copied to the host.
+
+Output-buffer policy: intermediate tensors live in the plan's buffers and are overwritten by the
+next call; what a call returns is never one of them. Outputs are copied into fresh arrays, or into
+the caller's arrays (``out=``), so a returned array stays valid after later calls. A ``workspace``
+input of a collective receives a copy of the collective's result.
+
+An executor runs one call at a time (a lock serializes calls from several threads).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import re
+import threading
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
+import onnxruntime as ort
 
-from graphbuild.errors import EngineError, ExecutionError, GraphBuildError, OutOfRangeIdError
+from graphbuild import dtypes
+from graphbuild.errors import EngineError, ExecutionError, GraphBuildError, InputError, OutOfRangeIdError
 from graphbuild.ops.embedding import out_of_range_message
 from graphbuild.ops.registry import get_op
-from graphbuild.runtime.ortvalues import from_ortvalue, to_ortvalue
-from graphbuild.runtime.session import create_session
+from graphbuild.runtime.collectives import MODELLED_COLLECTIVES, CollectiveRun, HostCollectiveRun, HostCopy, SessionCache
+from graphbuild.runtime.ortvalues import allocate, device_of, host_view
+from graphbuild.runtime.session import create_session, default_providers
 
 _PLUGIN_RANGE_ERROR = re.compile(r"TPEmbedding '(?P<node>[^']*)': id (?P<id>-?\d+) at flat position (?P<pos>\d+) is outside the vocabulary \[0, (?P<vocab>\d+)\)")
+
+#: Plans (buffers and bindings for one set of input shapes) an executor keeps by default.
+MAX_PLANS = 8
 
 
 @dataclasses.dataclass
@@ -40,32 +64,15 @@ class CollectiveSpec:
 
 
 @dataclasses.dataclass
-class SegmentRun:
-    """One segment of one rank, ready to run."""
+class SegmentSpec:
+    """One segment of one rank: its session and the tensor names it reads and writes."""
 
     rank: int
     file: str
-    session: Any
+    session: ort.InferenceSession
     inputs: list[str]
     outputs: list[str]
     checks: list[dict[str, Any]]
-    fetch: list[str] = dataclasses.field(init=False)  # outputs, then the check tensors
-
-    def __post_init__(self) -> None:
-        self.fetch = self.outputs + [check["tensor"] for check in self.checks]
-
-    def run(self, env: dict[str, np.ndarray]) -> None:
-        feeds = {name: to_ortvalue(env[name]) for name in self.inputs}
-        try:
-            values = self.session.run_with_ort_values(self.fetch, feeds)
-        except Exception as exc:  # onnxruntime's exception classes derive from Exception only
-            raise _translate_ort_error(exc, self.rank, self.file) from None
-        results = [from_ortvalue(v) for v in values]
-        for check, result in zip(self.checks, results[len(self.outputs) :]):
-            position, bad_id, size = (int(x) for x in result)
-            if position < size:
-                raise OutOfRangeIdError(out_of_range_message(check["node"], bad_id, position, check["vocab_size"]))
-        env.update(zip(self.outputs, results))
 
 
 def _translate_ort_error(exc: Exception, rank: int, file: str) -> GraphBuildError:
@@ -77,6 +84,173 @@ def _translate_ort_error(exc: Exception, rank: int, file: str) -> GraphBuildErro
     return ExecutionError(f"rank {rank}, {file}: ONNX Runtime failed: {detail}")
 
 
+class SegmentRun:
+    """A segment bound to a plan's buffers; the first ``run`` lets ONNX Runtime size the outputs.
+
+    Args:
+        spec: the segment.
+        values: the rank's tensors so far (name -> OrtValue); gets this segment's outputs.
+        device: where outputs are allocated (check tensors always go to host memory).
+    """
+
+    def __init__(self, spec: SegmentSpec, values: dict[str, ort.OrtValue], device: str) -> None:
+        self.spec = spec
+        self.binding = spec.session.io_binding()
+        self.inputs = [values[name] for name in spec.inputs]
+        for name, value in zip(spec.inputs, self.inputs):
+            self.binding.bind_ortvalue_input(name, value)
+        check_names = [check["tensor"] for check in spec.checks]
+        for name in spec.outputs:
+            self.binding.bind_output(name, device)
+        for name in check_names:
+            self.binding.bind_output(name, "cpu")  # three int64s read on the host after each run
+        self._execute()
+        produced = self.binding.get_outputs()
+        self.binding.clear_binding_outputs()
+        for name, value in zip(spec.outputs + check_names, produced):
+            self.binding.bind_ortvalue_output(name, value)  # later runs write into the same buffers
+        values.update(zip(spec.outputs, produced))
+        self.outputs = list(produced[: len(spec.outputs)])
+        self.checks = [(check, host_view(value)) for check, value in zip(spec.checks, produced[len(spec.outputs) :])]
+        self._check()
+
+    def _execute(self) -> None:
+        try:
+            self.spec.session.run_with_iobinding(self.binding)
+        except Exception as exc:  # onnxruntime's exception classes derive from Exception only
+            raise _translate_ort_error(exc, self.spec.rank, self.spec.file) from None
+
+    def _check(self) -> None:
+        for check, view in self.checks:
+            position, bad_id, size = view.tolist()
+            if position < size:
+                raise OutOfRangeIdError(out_of_range_message(check["node"], bad_id, position, check["vocab_size"]))
+
+    def run(self) -> None:
+        self._execute()
+        if self.checks:
+            self._check()
+
+
+class Plan:
+    """Buffers and bindings for one set of input shapes; creating it runs the engine once.
+
+    Args:
+        steps: per rank, the ordered ``SegmentSpec``s and ``CollectiveSpec``s.
+        outputs: per rank, output name -> tensor name.
+        feeds: validated feeds (name -> array).
+        device: ``"cpu"`` or ``"cuda"``.
+        sessions: the helper sessions of the engine.
+    """
+
+    def __init__(self, steps: list[list[Any]], outputs: list[dict[str, str]], feeds: Mapping[str, np.ndarray], device: str, sessions: SessionCache) -> None:
+        read = {name for rank in steps for s in rank if isinstance(s, SegmentSpec) for name in s.inputs}
+        read |= {name for rank in outputs for name in rank.values()}
+        self.feed_buffers = [(name, allocate(array.shape, dtypes.as_dtype(array.dtype), device)) for name, array in feeds.items() if name in read]
+        self.load_feeds(feeds)
+        shared = dict(self.feed_buffers)
+        values: list[dict[str, ort.OrtValue]] = [dict(shared) for _ in steps]
+        self.runs: list[Any] = []
+        self.workspaces: list[tuple[str, ort.OrtValue]] = []
+        for position in range(len(steps[0]) if steps else 0):
+            first = steps[0][position]
+            if isinstance(first, CollectiveSpec):
+                specs = [rank[position] for rank in steps]
+                kind = CollectiveRun if first.op in MODELLED_COLLECTIVES else HostCollectiveRun
+                collective = kind(first, [v[s.input] for s, v in zip(specs, values)], sessions, device)
+                collective.run()
+                self.runs.append(collective)
+                for s, v in zip(specs, values):
+                    v[s.output] = collective.output
+                if first.workspace:
+                    self.workspaces.append((first.workspace, collective.output))
+            else:
+                for rank, v in zip(steps, values):
+                    self.runs.append(SegmentRun(rank[position], v, device))
+        self.outputs = [[(name, v[tensor]) for name, tensor in rank.items()] for rank, v in zip(outputs, values)]
+        self._to_host = _host_reader(device, sessions)
+        self.copy_workspaces(feeds)
+
+    def load_feeds(self, feeds: Mapping[str, np.ndarray]) -> None:
+        """Copies the feeds into their buffers (to the device, with CUDA)."""
+        for name, buffer in self.feed_buffers:
+            array = feeds[name]
+            if not array.flags.c_contiguous:
+                array = np.ascontiguousarray(array)
+            buffer.update_inplace(array.view(np.uint16) if array.dtype == dtypes.bfloat16.numpy else array)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> None:
+        self.load_feeds(feeds)
+        for step in self.runs:
+            step.run()
+        self.copy_workspaces(feeds)
+
+    def copy_workspaces(self, feeds: Mapping[str, np.ndarray]) -> None:
+        for name, result in self.workspaces:
+            workspace = feeds.get(name)
+            dtype = dtypes.from_onnx(result.element_type()).numpy
+            size = int(np.prod(result.shape(), dtype=np.int64))
+            if workspace is None or workspace.dtype != dtype or workspace.size < size or not workspace.flags.c_contiguous:
+                continue  # too small or not writable in place: the workspace is optional
+            target = workspace.reshape(-1)[:size].reshape(result.shape())
+            self._to_host(result, target)
+
+    def results(self, rank_outputs: Optional[Mapping[str, np.ndarray]] = None) -> list[dict[str, np.ndarray]]:
+        """Every rank's outputs, copied to the host (rank 0's into ``rank_outputs`` where given)."""
+        copies: dict[int, np.ndarray] = {}
+        per_rank = []
+        for rank, outputs in enumerate(self.outputs):
+            result = {}
+            for name, value in outputs:
+                target = rank_outputs.get(name) if rank == 0 and rank_outputs else None
+                if target is not None:
+                    result[name] = copies[id(value)] = self._to_host(value, _check_out(name, target, value))
+                    continue
+                array = copies.get(id(value))
+                if array is None:
+                    array = copies[id(value)] = self._to_host(value, None)
+                result[name] = array
+            per_rank.append(result)
+        return per_rank
+
+
+def _check_out(name: str, target: Any, value: ort.OrtValue) -> np.ndarray:
+    dtype = dtypes.from_onnx(value.element_type())
+    shape = tuple(value.shape())
+    if not isinstance(target, np.ndarray) or target.dtype != dtype.numpy or target.shape != shape or not target.flags.writeable:
+        got = f"{target.dtype}{target.shape}" if isinstance(target, np.ndarray) else type(target).__name__
+        raise InputError(f"out['{name}'] must be a writable numpy array of {dtype}{shape}, got {got}")
+    return target
+
+
+def _host_reader(device: str, sessions: SessionCache) -> Callable[[ort.OrtValue, Optional[np.ndarray]], np.ndarray]:
+    """``read(value, out)``: the value's contents in ``out`` (or a fresh array)."""
+    if device == "cpu":
+
+        def read(value: ort.OrtValue, out: Optional[np.ndarray]) -> np.ndarray:
+            view = host_view(value)
+            if out is None:
+                return view.copy()
+            np.copyto(out, view)
+            return out
+
+        return read
+
+    copiers: dict[int, tuple[ort.OrtValue, HostCopy]] = {}
+
+    def read_device(value: ort.OrtValue, out: Optional[np.ndarray]) -> np.ndarray:
+        # CUDA: device-to-host copy through an Identity model bound to host memory.
+        entry = copiers.get(id(value))
+        if entry is None:
+            entry = copiers[id(value)] = (value, HostCopy(value, sessions))
+        if out is not None and not out.flags.c_contiguous:
+            np.copyto(out, entry[1].run())
+            return out
+        return entry[1].run(out)
+
+    return read_device
+
+
 class LocalExecutor:
     """Runs all ranks of an engine in this process, collectives in memory.
 
@@ -85,14 +259,24 @@ class LocalExecutor:
         manifest: its validated manifest.
         providers: ONNX Runtime execution providers (default: CUDA when present, else CPU).
         intra_op_threads: threads per session (default: ONNX Runtime's choice).
+        max_plans: how many input-shape signatures keep their buffers (least recently used dropped).
     """
 
-    def __init__(self, root: Path, manifest: Mapping[str, Any], *, providers: Optional[Sequence[str]] = None, intra_op_threads: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        manifest: Mapping[str, Any],
+        *,
+        providers: Optional[Sequence[str]] = None,
+        intra_op_threads: Optional[int] = None,
+        max_plans: int = MAX_PLANS,
+    ) -> None:
         ranks = manifest["ranks"]
         if len(ranks) != manifest["tp_size"]:
             raise EngineError(
                 f"{root}: the local executor needs all {manifest['tp_size']} ranks but the engine holds {len(ranks)}"
             )
+        providers = list(providers) if providers is not None else default_providers()
         needs_plugin = bool(manifest["custom_ops"])
         self._steps: list[list[Any]] = []
         for rank in ranks:
@@ -100,13 +284,18 @@ class LocalExecutor:
             for step in rank["steps"]:
                 if step["kind"] == "segment":
                     session = create_session(root / step["file"], needs_plugin=needs_plugin, providers=providers, intra_op_threads=intra_op_threads)
-                    steps.append(SegmentRun(rank["rank"], step["file"], session, list(step["inputs"]), list(step["outputs"]), list(step.get("checks", []))))
+                    steps.append(SegmentSpec(rank["rank"], step["file"], session, list(step["inputs"]), list(step["outputs"]), list(step.get("checks", []))))
                 else:
                     get_op(step["op"])  # unknown collectives fail at load, not mid-run
                     steps.append(CollectiveSpec(step["op"], step["name"], dict(step.get("attrs", {})), step["input"], step["output"], step.get("workspace")))
             self._steps.append(steps)
         self._check_schedule(root)
         self._outputs = [dict(rank["outputs"]) for rank in ranks]
+        self.device = device_of(providers)
+        self._sessions = SessionCache(providers, intra_op_threads)
+        self._plans: collections.OrderedDict[tuple[Any, ...], Plan] = collections.OrderedDict()
+        self._max_plans = max(1, max_plans)
+        self._lock = threading.Lock()
 
     def _check_schedule(self, root: Path) -> None:
         def signature(steps: list[Any]) -> list[Any]:
@@ -117,23 +306,27 @@ class LocalExecutor:
             if signature(steps) != first:
                 raise EngineError(f"{root}: rank {rank}'s schedule {signature(steps)} differs from rank 0's {first}; rebuild the engine")
 
-    def run_all_ranks(self, feeds: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-        """Runs every rank; returns each rank's outputs (feeds must already be validated)."""
-        envs = [dict(feeds) for _ in self._steps]
-        for position in range(len(self._steps[0])):
-            step0 = self._steps[0][position]
-            if isinstance(step0, CollectiveSpec):
-                self._collective([steps[position] for steps in self._steps], envs)
-            else:
-                for steps, env in zip(self._steps, envs):
-                    steps[position].run(env)
-        return [{name: env[value] for name, value in outputs.items()} for outputs, env in zip(self._outputs, envs)]
+    @property
+    def plans(self) -> int:
+        """How many input-shape signatures currently hold buffers."""
+        return len(self._plans)
 
-    @staticmethod
-    def _collective(specs: list[CollectiveSpec], envs: list[dict[str, np.ndarray]]) -> None:
-        spec = specs[0]
-        arrays = [env[s.input] for s, env in zip(specs, envs)]
-        workspace = envs[0].get(spec.workspace) if spec.workspace else None
-        result = get_op(spec.op).combine(spec, arrays, workspace)
-        for s, env in zip(specs, envs):
-            env[s.output] = result
+    def run_all_ranks(self, feeds: Mapping[str, np.ndarray], out: Optional[Mapping[str, np.ndarray]] = None) -> list[dict[str, np.ndarray]]:
+        """Runs every rank; returns each rank's outputs (feeds must already be validated).
+
+        Args:
+            feeds: input name -> array, as ``validate_feeds`` returns them.
+            out: optional output name -> array that receives rank 0's output of that name.
+        """
+        key = tuple(array.shape for array in feeds.values())
+        with self._lock:
+            plan = self._plans.get(key)
+            if plan is None:
+                plan = Plan(self._steps, self._outputs, feeds, self.device, self._sessions)  # runs once
+                self._plans[key] = plan
+                if len(self._plans) > self._max_plans:
+                    self._plans.popitem(last=False)
+            else:
+                self._plans.move_to_end(key)
+                plan.run(feeds)
+            return plan.results(out)

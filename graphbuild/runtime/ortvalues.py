@@ -8,6 +8,7 @@ set explicitly, and read back through the value's data pointer.
 from __future__ import annotations
 
 import ctypes
+from typing import Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -36,3 +37,43 @@ def from_ortvalue(value: ort.OrtValue) -> np.ndarray:
             ctypes.memmove(out.ctypes.data, value.data_ptr(), count * 2)
         return out
     return value.numpy()
+
+
+def device_of(providers: Sequence[str]) -> str:
+    """The OrtValue device the executor keeps tensors on: ``"cuda"`` when CUDA is the first provider.
+
+    CUDA: tensors between segments stay on device 0; everything else lives in host memory.
+    """
+    return "cuda" if providers and providers[0] == "CUDAExecutionProvider" else "cpu"
+
+
+def allocate(shape: Sequence[int], dtype: dtypes.DType, device: str) -> ort.OrtValue:
+    """An uninitialized tensor of ``shape`` and ``dtype`` owned by ONNX Runtime on ``device``."""
+    return ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype.onnx, device, 0)
+
+
+def host_view(value: ort.OrtValue) -> np.ndarray:
+    """A numpy array over a host OrtValue's memory, no copy (the caller keeps ``value`` alive).
+
+    Raises:
+        ValueError: the value is not in host memory.
+    """
+    if value.device_name().lower() != "cpu":
+        raise ValueError(f"host_view needs a CPU OrtValue, this one lives on {value.device_name()}")
+    dtype = dtypes.from_onnx(value.element_type())
+    shape = tuple(value.shape())
+    count = int(np.prod(shape, dtype=np.int64))
+    if count == 0:
+        return np.empty(shape, dtype.numpy)
+    raw = (ctypes.c_char * (count * dtype.numpy.itemsize)).from_address(value.data_ptr())
+    return np.frombuffer(raw, dtype=dtype.numpy).reshape(shape)
+
+
+def to_host(value: ort.OrtValue) -> np.ndarray:
+    """A fresh host array with the value's contents, from any device (bfloat16 included)."""
+    if value.device_name().lower() == "cpu":
+        return host_view(value).copy()
+    # CUDA: OrtValue.numpy() copies device memory to the host; bfloat16 comes back as raw bits.
+    dtype = dtypes.from_onnx(value.element_type())
+    array = value.numpy()
+    return array.view(dtype.numpy) if array.dtype != dtype.numpy else array
