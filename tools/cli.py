@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import graphbuild
 from graphbuild.errors import GraphBuildError
-from graphbuild.tools import build_cmd, inspect_cmd, run_cmd
+from graphbuild.tools import bench_cmd, build_cmd, inspect_cmd, run_cmd
 
 PROG = "graphbuild"
 EXIT_OK = 0
@@ -40,7 +40,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", default=False, help="show tracebacks of errors")
     parser.add_argument("--version", action="version", version=f"%(prog)s {graphbuild.__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (build_cmd, run_cmd, inspect_cmd):
+    for module in (build_cmd, run_cmd, inspect_cmd, bench_cmd):
         module.add_parser(subparsers, [sub_common])
     return parser
 

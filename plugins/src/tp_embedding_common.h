@@ -89,8 +89,8 @@ struct LookupArgs {
 };
 
 // Checks the inputs (ids int32/int64 of any rank, table float32/float16/bfloat16 of rank 2),
-// allocates the output of shape ids.shape + [D] and checks its element type. Errors are
-// INVALID_ARGUMENT naming the node, what was expected and what came.
+// allocates the output of shape ids.shape + [D] (the table's element type, as the descriptor
+// declares). Errors are INVALID_ARGUMENT naming the node, what was expected and what came.
 OrtStatus* PrepareLookup(const ort::Api& api, const TPEmbeddingConfig& config,
                          OrtKernelContext* context, LookupArgs* args);
 

@@ -1,0 +1,189 @@
+"""``graphbuild bench`` on tiny configurations: the table and ``--json`` document it produces, its
+own correctness check, memory-based skipping and argument errors; and the TPEmbedding CPU kernel's
+large-output paths (streaming stores, prefetching, the thread pool), which only outputs of tens of
+MiB reach, checked against numpy."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from graphbuild import dtypes
+from graphbuild.plugin import DOMAIN, DOMAIN_VERSION, TP_EMBEDDING
+from graphbuild.runtime.ortvalues import from_ortvalue, to_ortvalue
+from graphbuild.runtime.session import CUDA, cuda_device_count, session_options
+from graphbuild.tools import bench_cmd, bench_paths, bench_report
+from graphbuild.tools.cli import main, make_parser
+
+VOCAB, HIDDEN = 300, 64
+TINY = ["--vocab", str(VOCAB), "--hidden", str(HIDDEN), "--repeats", "3", "--warmup", "1"]
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+CORE_PATHS = {"copy", "numpy_take", "ort_gather", "tp_embedding", "tp_embedding_shard", "engine"}
+
+
+def _run_json(tmp_path: Path, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, dict, str]:
+    """Runs the bench with ``--json``; returns the exit status, the document and stdout + stderr."""
+    out_file = tmp_path / "bench.json"
+    status = main(["bench", *TINY, *args, "--json", str(out_file)])
+    captured = capsys.readouterr()
+    return status, (json.loads(out_file.read_text()) if out_file.exists() else {}), captured.out + captured.err
+
+
+def test_tiny_run_prints_checked_table_and_json(tmp_path, capsys):
+    status, doc, printed = _run_json(tmp_path, capsys, "--tokens", "1", "40", "--dtype", "float32", "bfloat16", "--threads", "1", "2")
+    assert status == 0
+    assert doc["ok"] is True and doc["tool"] == "graphbuild bench"
+    assert doc["settings"]["vocab"] == [VOCAB] and doc["settings"]["tokens"] == [1, 40] and doc["settings"]["threads"] == [1, 2]
+    assert doc["machine"]["cores"] >= 1 and doc["machine"]["onnxruntime"] == ort.__version__
+    results = doc["results"]
+    groups = {(r["dtype"], r["tokens"], r["threads"]) for r in results}
+    assert groups == {(d, t, n) for d in ("float32", "bfloat16") for t in (1, 40) for n in (1, 2)}
+    expected_paths = CORE_PATHS | ({"torch_embedding"} if HAVE_TORCH else set())
+    for group in groups:
+        rows = {r["path"]: r for r in results if (r["dtype"], r["tokens"], r["threads"]) == group}
+        assert set(rows) == expected_paths, group
+        gather, copy = rows["ort_gather"], rows["copy"]
+        assert gather["vs_gather"] == pytest.approx(1.0) and copy["vs_copy"] == pytest.approx(1.0)
+        for r in rows.values():
+            itemsize = 4 if r["dtype"] == "float32" else 2
+            assert r["bytes"] == 2 * r["tokens"] * HIDDEN * itemsize
+            assert r["samples"] == 3 and 0 < r["ms_min"] <= r["ms"] < 1000
+            assert r["gb_per_s"] == pytest.approx(r["bytes"] / (r["ms"] * 1e6))
+            assert r["vs_gather"] == pytest.approx(gather["ms"] / r["ms"])
+            assert r["vs_copy"] == pytest.approx(copy["ms"] / r["ms"])
+            assert r["check"] == ("-" if r["path"] == "copy" else "ok")
+    assert {t["target"] for t in doc["targets"]} == {"1-16 tokens: latency no worse than ORT Gather's (ratio >= 1.00)"}
+    assert "TPEmbedding shard 1 of 2" in printed and "vs Gather" in printed and "Kernel targets" in printed
+    assert f"vocab {VOCAB} x hidden {HIDDEN}, bfloat16" in printed
+
+
+def test_quick_and_filters_choose_the_plan():
+    parser = make_parser()
+    quick = bench_cmd.settings_from(parser.parse_args(["bench", "--quick"]))
+    assert quick["vocab"] == (32000,) and quick["tokens"] == (1, 16, 4096) and quick["budget_s"] < bench_cmd.BUDGET_S
+    full = bench_cmd.settings_from(parser.parse_args(["bench", "--threads", "1", "all", "1"]))
+    assert full["vocab"] == (32000, 128256) and full["tokens"] == (1, 16, 256, 4096, 16384)
+    assert full["dtype"] == ("float32", "float16", "bfloat16") and full["threads"][0] == 1 and len(full["threads"]) <= 2
+
+
+def test_correctness_check_compares_with_numpy(rng):
+    table = rng.standard_normal((10, 6)).astype(np.float32)
+    ids = np.array([9, 0, 4, 5, 7])
+    shard = bench_cmd.expected_output(table, ids, "shard", shard_rows=5)
+    independent = np.stack([table[i] if i < 5 else np.zeros(6, np.float32) for i in ids])
+    assert np.array_equal(shard, independent)
+    assert bench_cmd.check_output(table[ids].copy(), bench_cmd.expected_output(table, ids, "full", 5)) == "ok"
+    wrong = table[ids].copy()
+    wrong[3, 2] += 1.0
+    assert bench_cmd.check_output(wrong, table[ids]) == "MISMATCH: 1 of 5 rows differ, first at position 3"
+    assert bench_cmd.check_output(table[ids[:4]], table[ids]).startswith("MISMATCH: got float32[4, 6]")
+    # Bit-for-bit: a NaN row compares equal to itself, -0.0 differs from 0.0.
+    nan_row = np.full((1, 6), np.nan, np.float32)
+    assert bench_cmd.check_output(nan_row.copy(), nan_row) == "ok"
+    assert bench_cmd.check_output(np.full((1, 6), -0.0, np.float32), np.zeros((1, 6), np.float32)).startswith("MISMATCH")
+
+
+def test_configurations_that_do_not_fit_are_skipped_with_the_reason(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench_report, "available_memory", lambda: 200_000)
+    status, doc, printed = _run_json(tmp_path, capsys, "--tokens", "1", "300", "--dtype", "float32", "--threads", "1", "--no-engine")
+    assert status == 0
+    assert {r["tokens"] for r in doc["results"]} == {1}
+    (skipped,) = doc["skipped"]
+    assert skipped["tokens"] == 300 and "needs about" in skipped["reason"] and "available" in skipped["reason"]
+    assert "skipped 300 tokens: needs about" in printed
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--tokens", "0"], "--tokens must be at least 1, got 0"),
+        (["--threads", "two"], "--threads takes whole numbers or 'all', got 'two'"),
+        (["--vocab", "1"], "--vocab must be at least 2, got 1"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(capsys, args, message):
+    assert main(["bench", *TINY, *args]) == 1
+    assert capsys.readouterr().err.strip() == f"graphbuild: error: {message}"
+
+
+@pytest.mark.skipif(CUDA in ort.get_available_providers() and cuda_device_count() > 0, reason="a CUDA device is present")
+def test_cuda_without_a_cuda_device_is_a_clear_error(capsys):
+    assert main(["bench", *TINY, "--device", "cuda"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("graphbuild: error: --device cuda") and ("CUDAExecutionProvider" in err or "no CUDA device" in err)
+
+
+# ------------------------------------------------------------------ the kernel's large-output paths
+def _tp_session(rows: int, hidden: int, dtype: dtypes.DType, id_type: int, threads: int, **attrs: int) -> ort.InferenceSession:
+    ids = helper.make_tensor_value_info("ids", id_type, ["n"])
+    table = helper.make_tensor_value_info("table", dtype.onnx, [rows, hidden])
+    out = helper.make_tensor_value_info("out", dtype.onnx, ["n", hidden])
+    node = helper.make_node(TP_EMBEDDING, ["ids", "table"], ["out"], domain=DOMAIN, **attrs)
+    opsets = [helper.make_opsetid("", 21), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)]
+    model = helper.make_model(helper.make_graph([node], "t", [ids, table], [out]), opset_imports=opsets, ir_version=10)
+    options = session_options(needs_plugin=True, intra_op_threads=threads)
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize(
+    "dtype_name, hidden, tokens, id_type",
+    [
+        ("float32", 4096, 1700, TensorProto.INT64),  # 27 MiB out, 16 KiB rows: streaming, 4 pages in lockstep
+        ("bfloat16", 4096, 3300, TensorProto.INT32),  # 26 MiB, 8 KiB rows: lockstep groups span rows; int32 ids
+        ("float32", 4112, 1700, TensorProto.INT64),  # rows of 4 pages plus a 64-byte tail
+        ("float32", 4100, 1700, TensorProto.INT64),  # rows a multiple of 16 bytes, not 64: streaming row by row
+        ("float16", 4093, 3300, TensorProto.INT64),  # 8186-byte rows: too odd to stream, memcpy
+    ],
+)
+def test_large_outputs_match_numpy(rng, dtype_name, hidden, tokens, id_type):
+    dtype = dtypes.as_dtype(dtype_name)
+    vocab = 900
+    table = rng.standard_normal((vocab, hidden), dtype=np.float32).astype(dtype.numpy)
+    ids = rng.integers(0, vocab, size=tokens).astype(np.int64 if id_type == TensorProto.INT64 else np.int32)
+    ids[-1] = vocab - 1  # the table's last row, read to its last byte
+    ids[0] = 449  # the shard's last row
+    for shard in (False, True):
+        rows = 450 if shard else vocab
+        attrs = {"vocab_size": vocab, "vocab_start": 0} if shard else {"vocab_size": vocab}
+        session = _tp_session(rows, hidden, dtype, id_type, threads=2, **attrs)
+        feeds = {"ids": to_ortvalue(ids), "table": to_ortvalue(np.ascontiguousarray(table[:rows]))}
+        (got,) = session.run_with_ort_values(["out"], feeds)
+        data = from_ortvalue(got)
+        expected = np.stack([table[i] if i < rows else np.zeros(hidden, dtype.numpy) for i in ids.tolist()])
+        bits = np.uint32 if dtype.itemsize == 4 else np.uint16
+        assert data.dtype == expected.dtype and data.shape == (tokens, hidden)
+        assert np.array_equal(data.view(bits), expected.view(bits)), f"shard={shard}"
+
+
+def _fake_numpy_path(result):
+    def make(self, id_sets):
+        return bench_paths.TimedPath("numpy_take", "numpy take", lambda i: None, result, "full")
+
+    return make
+
+
+def test_a_path_with_wrong_output_fails_the_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench_paths.LookupSetup, "_numpy_path", _fake_numpy_path(lambda i: np.zeros((40, HIDDEN), np.float32)))
+    status, doc, printed = _run_json(tmp_path, capsys, "--tokens", "40", "--dtype", "float32", "--threads", "1", "--no-engine")
+    assert status == 1 and doc["ok"] is False
+    (numpy_row,) = [r for r in doc["results"] if r["path"] == "numpy_take"]
+    assert numpy_row["check"] == "MISMATCH: 40 of 40 rows differ, first at position 0"
+    assert all(r["check"] in ("ok", "-") for r in doc["results"] if r["path"] != "numpy_take")
+    assert "graphbuild: error: 1 path(s) gave wrong results: numpy take (vocab 300 float32, 40 tokens, 1 thread): MISMATCH" in printed
+
+
+def test_a_path_that_raises_is_reported_and_fails_the_run(capsys, monkeypatch):
+    def boom(i):
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(bench_paths.LookupSetup, "_numpy_path", _fake_numpy_path(boom))
+    assert main(["bench", *TINY, "--tokens", "5", "--dtype", "float32", "--threads", "1", "--no-engine"]) == 1
+    captured = capsys.readouterr()
+    assert "numpy take at 5 tokens, 1 thread left out: failed: RuntimeError: device lost" in captured.out
+    assert "graphbuild: error: 1 path(s) gave wrong results: numpy take" in captured.err

@@ -1,0 +1,437 @@
+"""The timed paths of ``graphbuild bench``: one embedding lookup done several ways, on CPU or CUDA.
+
+A *path* is one way of producing ``table[ids]`` (or, for the copy ceiling, of moving the same number
+of bytes): the copy, ``numpy.take``, ONNX Runtime's ``Gather``, graphbuild's ``TPEmbedding`` over
+the full table and over one vocab shard, a whole graphbuild engine, and PyTorch's ``F.embedding``.
+Each path is built once per configuration with everything it needs already allocated (inputs on
+the device, output buffers bound through ONNX Runtime's IO binding), so a timed call does only the
+lookup. ``run(i)`` performs one call with pre-generated id set ``i``; ``result(i)`` runs once more
+and returns the output on the host, for the correctness check made before timing.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from graphbuild import dtypes
+from graphbuild.plugin import DOMAIN, DOMAIN_VERSION, TP_EMBEDDING
+from graphbuild.runtime.session import CPU, CUDA, cuda_device_count, session_options
+from graphbuild.tools.common import CLIError
+
+#: Below this many bytes per thread a multi-threaded copy is done by the calling thread alone
+#: (handing work to a pool costs more than it saves).
+PARALLEL_COPY_MIN_BYTES = 1 << 20
+_OPSET = 21
+
+
+@dataclasses.dataclass
+class TimedPath:
+    """One way of doing the lookup (or the copy), ready to be timed.
+
+    Attributes:
+        key: stable identifier used in the JSON output (``ort_gather``, ``tp_embedding``, ...).
+        label: what the table prints.
+        run: performs one call with id set ``i`` (blocking until the result is complete).
+        result: runs with id set ``i`` and returns the output as a host ``[tokens, D]`` array, or
+            None for paths with nothing to check (the copy).
+        expects: ``"full"`` (``table[ids]``), ``"shard"`` (rows of shard 0, zeros elsewhere) or None.
+    """
+
+    key: str
+    label: str
+    run: Callable[[int], Any]
+    result: Callable[[int], Optional[np.ndarray]]
+    expects: Optional[str]
+
+
+def storage_dtype(dtype: dtypes.DType) -> np.dtype:
+    """The numpy dtype whose bytes ONNX Runtime is handed (bfloat16 travels as its uint16 bits)."""
+    return np.dtype(np.uint16) if dtype == dtypes.bfloat16 else dtype.numpy
+
+
+def lookup_model(op: str, rows: int, hidden: int, dtype: dtypes.DType, **attrs: int) -> bytes:
+    """A one-node ONNX model ``out = op(ids, table)``: ``Gather``, ``TPEmbedding`` or ``Identity``.
+
+    ``Identity`` (the device copy ceiling) has one input ``table`` and copies it to ``out``.
+    """
+    table = helper.make_tensor_value_info("table", dtype.onnx, [rows, hidden])
+    if op == "Identity":
+        node = helper.make_node("Identity", ["table"], ["out"])
+        inputs = [table]
+        out = helper.make_tensor_value_info("out", dtype.onnx, [rows, hidden])
+    else:
+        ids = helper.make_tensor_value_info("ids", TensorProto.INT64, ["tokens"])
+        inputs = [ids, table]
+        out = helper.make_tensor_value_info("out", dtype.onnx, ["tokens", hidden])
+        if op == "Gather":
+            node = helper.make_node("Gather", ["table", "ids"], ["out"], axis=0)
+        else:
+            node = helper.make_node(TP_EMBEDDING, ["ids", "table"], ["out"], domain=DOMAIN, **attrs)
+    opsets = [helper.make_opsetid("", _OPSET), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)]
+    graph = helper.make_graph([node], f"bench_{op}", inputs, [out])
+    return helper.make_model(graph, opset_imports=opsets, ir_version=10).SerializeToString()
+
+
+def check_device(device: str) -> None:
+    """Raises CLIError, saying what is missing, when ``device`` cannot be benchmarked here."""
+    if device == "cpu":
+        return
+    available = ort.get_available_providers()
+    if CUDA not in available:
+        raise CLIError(
+            f"--device cuda needs onnxruntime's CUDAExecutionProvider, but this onnxruntime "
+            f"({ort.__version__}) offers only {available}; install onnxruntime-gpu"
+        )
+    if cuda_device_count() == 0:
+        raise CLIError("--device cuda: onnxruntime has the CUDAExecutionProvider, but no CUDA device is present (the driver reports none)")
+
+
+class Buffer:
+    """A ``[rows, cols]`` array of ``dtype`` on the host or on CUDA device 0, with its address."""
+
+    def __init__(self, array: np.ndarray, dtype: dtypes.DType, device: str) -> None:
+        host = np.ascontiguousarray(array).view(storage_dtype(dtype)) if array.dtype == dtype.numpy else np.ascontiguousarray(array)
+        self.dtype = dtype
+        self.shape = tuple(host.shape)
+        self.device = device
+        if device == "cpu":
+            self.host = host
+            self.ptr = host.ctypes.data
+            self.value = None
+        else:
+            self.host = None
+            self.value = ort.OrtValue.ortvalue_from_numpy(host, "cuda", 0)  # a device copy
+            self.ptr = self.value.data_ptr()
+
+    @classmethod
+    def empty(cls, shape: Sequence[int], dtype: dtypes.DType, device: str) -> "Buffer":
+        buffer = cls.__new__(cls)
+        buffer.dtype, buffer.shape, buffer.device = dtype, tuple(shape), device
+        if device == "cpu":
+            buffer.host = aligned_zeros(shape, storage_dtype(dtype))
+            buffer.ptr = buffer.host.ctypes.data
+            buffer.value = None
+        else:
+            buffer.host = None
+            buffer.value = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), storage_dtype(dtype).type, "cuda", 0)
+            buffer.ptr = buffer.value.data_ptr()
+        return buffer
+
+    def prefix(self, rows: int) -> "Buffer":
+        """The first ``rows`` rows, sharing this buffer's memory (a contiguous prefix of it)."""
+        view = Buffer.__new__(Buffer)
+        view.__dict__.update(self.__dict__)
+        view.shape = (rows,) + self.shape[1:]
+        view.host = None if self.host is None else self.host[:rows]
+        view.owner = self  # keeps the device allocation alive
+        return view
+
+    def to_host(self) -> np.ndarray:
+        """A host copy in the logical dtype (bfloat16 as ``ml_dtypes.bfloat16``)."""
+        data = np.array(self.host) if self.value is None else self.value.numpy()
+        return data.view(self.dtype.numpy) if data.dtype != self.dtype.numpy else data
+
+
+def aligned_zeros(shape: Sequence[int], dtype: np.dtype, alignment: int = 64) -> np.ndarray:
+    """Zeros at an address that is a multiple of ``alignment``, as ONNX Runtime's CPU allocator
+    gives its outputs (numpy guarantees only 16). Zeros, so the pages are touched now, not while timing."""
+    count = int(np.prod(shape, dtype=np.int64))
+    raw = np.zeros(count * np.dtype(dtype).itemsize + alignment, np.uint8)
+    start = -raw.ctypes.data % alignment
+    return raw[start : start + count * np.dtype(dtype).itemsize].view(dtype).reshape(shape)
+
+
+def _bind(binding: Any, name: str, buffer: Buffer, *, output: bool) -> None:
+    device = "cpu" if buffer.device == "cpu" else "cuda"
+    if output:
+        binding.bind_output(name, device, 0, buffer.dtype.onnx, list(buffer.shape), buffer.ptr)
+    else:
+        binding.bind_input(name, device, 0, buffer.dtype.onnx, list(buffer.shape), buffer.ptr)
+
+
+class LookupSetup:
+    """What the paths of one (table, dtype, thread count, device) share: the table on the device,
+    the ONNX Runtime sessions, the engine, and the thread pool of the copy ceiling.
+
+    Args:
+        table: the full ``[V, D]`` table on the host.
+        dtype: its graphbuild dtype.
+        threads: thread count of every path (ONNX Runtime ``intra_op_num_threads``, torch's, the copy's).
+        device: ``"cpu"`` or ``"cuda"``.
+        engine_dir: a built engine (tp_size 1, the same table) to load, or None to leave it out.
+        use_torch: time ``torch.nn.functional.embedding`` when torch imports.
+        spin: keep ONNX Runtime's default of spinning idle pool threads (off: they sleep).
+    """
+
+    def __init__(self, table: np.ndarray, dtype: dtypes.DType, threads: int, device: str, *, engine_dir: Optional[Path], use_torch: bool, spin: bool = False) -> None:
+        self.spin = spin
+        self.table = table
+        self.dtype = dtype
+        self.threads = threads
+        self.device = device
+        self.vocab, self.hidden = table.shape
+        self.shard_rows = (self.vocab + 1) // 2
+        self.skipped: dict[str, str] = {}  # label -> why the path is not timed
+        self.table_buffer = Buffer(table, dtype, device)
+        self.shard_buffer = self.table_buffer.prefix(self.shard_rows)  # shard 0 of 2, no copy
+        self.providers = [CPU] if device == "cpu" else [CUDA, CPU]
+        self.sessions = {
+            "ort_gather": self._session("Gather", self.vocab),
+            "tp_embedding": self._session(TP_EMBEDDING, self.vocab, vocab_size=self.vocab),
+            "tp_embedding_shard": self._session(TP_EMBEDDING, self.shard_rows, vocab_size=self.vocab, vocab_start=0),
+        }
+        self.copy_session = self._session("Identity", 0) if device != "cpu" else None
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads - 1) if device == "cpu" and threads > 1 else None
+        self.engine = self._load_engine(engine_dir) if engine_dir is not None else None
+        self.torch = self._import_torch() if use_torch else None
+
+    # ----------------------------------------------------------------------------- set-up
+    def _session(self, op: str, rows: int, **attrs: int) -> Optional[ort.InferenceSession]:
+        label = {"Gather": "ORT Gather", "Identity": "device copy"}.get(op, "TPEmbedding")
+        try:
+            options = session_options(needs_plugin=op == TP_EMBEDDING, intra_op_threads=self.threads)
+            if not self.spin:
+                # Idle pool threads sleep instead of spinning: with several sessions in one process
+                # a spinning pool would take a core from the path timed next.
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            if self.device != "cpu":
+                # Fail rather than quietly run the node on the CPU provider.
+                options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+            rows_dim = rows if op != "Identity" else "rows"
+            model = lookup_model(op, rows_dim, self.hidden, self.dtype, **attrs)  # type: ignore[arg-type]
+            return ort.InferenceSession(model, options, providers=self.providers)
+        except Exception as exc:  # onnxruntime's own exception classes
+            self.skipped[label] = f"ONNX Runtime cannot create the session: {' '.join(str(exc).split())[:200]}"
+            return None
+
+    def _load_engine(self, engine_dir: Path) -> Any:
+        from graphbuild.engine import Engine
+
+        try:
+            return Engine.load(engine_dir, providers=self.providers, verify=False, intra_op_threads=self.threads)
+        except Exception as exc:
+            self.skipped["engine.run"] = f"the engine does not load: {' '.join(str(exc).split())[:200]}"
+            return None
+
+    def _import_torch(self) -> Any:
+        try:
+            import torch
+        except ImportError:
+            self.skipped["torch F.embedding"] = "torch is not installed"
+            return None
+        if self.device != "cpu" and not torch.cuda.is_available():
+            self.skipped["torch F.embedding"] = "this torch has no CUDA device"
+            return None
+        return torch
+
+    def close(self) -> None:
+        """Releases sessions, device buffers, the engine and the pool."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+        self.sessions.clear()
+        self.engine = self.copy_session = self.torch = None
+
+    # ----------------------------------------------------------------------------- paths
+    def paths(self, id_sets: Sequence[np.ndarray]) -> list[TimedPath]:
+        """Every available path for ``len(id_sets[0])`` tokens, copy ceiling first."""
+        tokens = len(id_sets[0])
+        found = [self._copy_path(tokens, len(id_sets)), self._numpy_path(id_sets)]
+        labels = {"ort_gather": "ORT Gather", "tp_embedding": "TPEmbedding full table", "tp_embedding_shard": "TPEmbedding shard 1 of 2"}
+        for key, label in labels.items():
+            session = self.sessions.get(key)
+            if session is not None:
+                found.append(self._ort_path(key, label, session, id_sets))
+        if self.engine is not None:
+            found.append(self._engine_path(id_sets))
+        if self.torch is not None:
+            found.append(self._torch_path(id_sets))
+        return [p for p in found if p is not None]
+
+    def _copy_path(self, tokens: int, rotations: int) -> Optional[TimedPath]:
+        shape = (tokens, self.hidden)
+        if self.device == "cpu":
+            # The source is a window of the table itself, a different one per call like the ids, so
+            # the copy reads the same memory as the lookups (a fixed source would sit in cache).
+            if tokens <= self.vocab:
+                sources = [self.table[start : start + tokens] for start in _windows(self.vocab, tokens, rotations)]
+            else:
+                sources = [np.resize(self.table, shape)]
+            target = aligned_zeros(shape, self.table.dtype)
+            chunks = _row_chunks(tokens, self.threads, target.nbytes)
+            count = len(sources)
+
+            def copy(i: int) -> None:
+                source = sources[i % count]
+                if len(chunks) == 1:
+                    np.copyto(target, source)
+                    return
+                futures = [self.pool.submit(np.copyto, target[a:b], source[a:b]) for a, b in chunks[1:]]
+                a, b = chunks[0]
+                np.copyto(target[a:b], source[a:b])
+                for future in futures:
+                    future.result()
+
+            label = "copy (ceiling)" if len(chunks) == 1 else f"copy, {len(chunks)} threads (ceiling)"
+            return TimedPath("copy", label, copy, lambda i: None, None)
+        return self._device_copy_path(shape)
+
+    def _device_copy_path(self, shape: tuple[int, int]) -> Optional[TimedPath]:
+        torch = self.torch
+        if torch is not None:
+            src = torch.empty(shape, dtype=_torch_dtype(torch, self.dtype), device="cuda")
+            dst = torch.empty_like(src)
+
+            def torch_copy(_: int) -> None:
+                dst.copy_(src)
+                torch.cuda.synchronize()
+
+            return TimedPath("copy", "copy (ceiling, torch d2d)", torch_copy, lambda i: None, None)
+        try:
+            import cupy
+        except ImportError:
+            cupy = None
+        if cupy is not None:
+            src_c = cupy.zeros(shape, dtype=storage_dtype(self.dtype))
+            dst_c = cupy.empty_like(src_c)
+
+            def cupy_copy(_: int) -> None:
+                cupy.copyto(dst_c, src_c)
+                cupy.cuda.runtime.deviceSynchronize()
+
+            return TimedPath("copy", "copy (ceiling, cupy d2d)", cupy_copy, lambda i: None, None)
+        if self.copy_session is None:
+            return None
+        # ONNX Runtime's Identity writing into a preallocated output of its own: a device-to-device
+        # cudaMemcpy of the whole tensor on every run.
+        source = Buffer.empty(shape, self.dtype, self.device)
+        target = Buffer.empty(shape, self.dtype, self.device)
+        binding = self.copy_session.io_binding()
+        _bind(binding, "table", source, output=False)
+        _bind(binding, "out", target, output=True)
+        session = self.copy_session
+        return TimedPath("copy", "copy (ceiling, ORT Identity d2d)", lambda i: session.run_with_iobinding(binding), lambda i: None, None)
+
+    def _numpy_path(self, id_sets: Sequence[np.ndarray]) -> Optional[TimedPath]:
+        if self.device != "cpu":
+            return None
+        table, count = self.table, len(id_sets)
+        run = lambda i: np.take(table, id_sets[i % count], axis=0)  # noqa: E731
+        return TimedPath("numpy_take", "numpy take", run, run, "full")
+
+    def _ort_path(self, key: str, label: str, session: ort.InferenceSession, id_sets: Sequence[np.ndarray]) -> TimedPath:
+        table = self.shard_buffer if key == "tp_embedding_shard" else self.table_buffer
+        bound = _BoundLookup(session, table, id_sets, self.hidden, self.device)
+        return TimedPath(key, label, bound.run, bound.result, "shard" if key == "tp_embedding_shard" else "full")
+
+    def _engine_path(self, id_sets: Sequence[np.ndarray]) -> TimedPath:
+        engine, count = self.engine, len(id_sets)
+        feeds = [{"input_ids": ids.reshape(1, -1)} for ids in id_sets]
+        name = engine.outputs[0].name
+
+        def result(i: int) -> np.ndarray:
+            return engine.run(feeds[i % count])[name].reshape(-1, self.hidden)
+
+        label = "engine.run (tp 1)" if self.device == "cpu" else "engine.run (tp 1, host arrays)"
+        return TimedPath("engine", label, lambda i: engine.run(feeds[i % count]), result, "full")
+
+    def _torch_path(self, id_sets: Sequence[np.ndarray]) -> TimedPath:
+        torch = self.torch
+        functional = torch.nn.functional
+        torch.set_num_threads(self.threads)
+        device = "cpu" if self.device == "cpu" else "cuda"
+        host = np.ascontiguousarray(self.table)
+        if self.dtype == dtypes.bfloat16:
+            weight = torch.from_numpy(host.view(np.int16)).view(torch.bfloat16)
+        else:
+            weight = torch.from_numpy(host)
+        weight = weight.to(device)
+        ids = [torch.from_numpy(i).to(device) for i in id_sets]
+        count = len(ids)
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+        def run(i: int) -> Any:
+            out = functional.embedding(ids[i % count], weight)
+            sync()
+            return out
+
+        def result(i: int) -> np.ndarray:
+            out = run(i).cpu()
+            if self.dtype == dtypes.bfloat16:
+                return out.view(torch.int16).numpy().view(self.dtype.numpy)
+            return out.numpy()
+
+        return TimedPath("torch_embedding", "torch F.embedding", run, result, "full")
+
+
+class _BoundLookup:
+    """A lookup session with one IO binding per id set, all writing into one preallocated output.
+
+    Bindings hold raw addresses, so this object keeps every buffer they point into alive.
+    """
+
+    def __init__(self, session: ort.InferenceSession, table: Buffer, id_sets: Sequence[np.ndarray], hidden: int, device: str) -> None:
+        self.session = session
+        self.table = table
+        self.out = Buffer.empty((len(id_sets[0]), hidden), table.dtype, device)
+        self.ids = [Buffer(ids, dtypes.int64, device) for ids in id_sets]
+        self.bindings = []
+        for id_buffer in self.ids:
+            binding = session.io_binding()
+            _bind(binding, "ids", id_buffer, output=False)
+            _bind(binding, "table", table, output=False)
+            _bind(binding, "out", self.out, output=True)
+            self.bindings.append(binding)
+
+    def run(self, i: int) -> None:
+        self.session.run_with_iobinding(self.bindings[i % len(self.bindings)])
+
+    def result(self, i: int) -> np.ndarray:
+        self.run(i)
+        return self.out.to_host()
+
+
+def _windows(rows: int, size: int, count: int) -> list[int]:
+    """Start rows of ``count`` windows of ``size`` rows spread over ``rows`` rows."""
+    span = rows - size
+    return sorted({span * k // max(1, count - 1) for k in range(count)}) if count > 1 else [0]
+
+
+def _row_chunks(rows: int, threads: int, nbytes: int) -> list[tuple[int, int]]:
+    """Row ranges of a copy split over ``threads`` (one range when the copy is small)."""
+    parts = max(1, min(threads, rows, nbytes // PARALLEL_COPY_MIN_BYTES))
+    bounds = [rows * k // parts for k in range(parts + 1)]
+    return [(bounds[k], bounds[k + 1]) for k in range(parts)]
+
+
+def _torch_dtype(torch: Any, dtype: dtypes.DType) -> Any:
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype.name]
+
+
+def build_engine(table: np.ndarray, dtype: dtypes.DType, root: Path) -> Path:
+    """Builds ``examples/embedding_tp.py``'s network (tp_size 1, this table) into ``root/engine``."""
+    import graphbuild as gb
+    from graphbuild import layers
+
+    vocab, hidden = table.shape
+    wte = layers.Embedding(vocab, hidden, dtype=dtype.name, weight=table, name="wte")
+    net = gb.Network("bench_embedding")
+    with net:
+        ids = net.add_input("input_ids", dtype="int64", shape=("batch", "seq"))
+        net.mark_output(wte(ids), "embeddings")
+    path = Path(root) / "engine"
+    engine = gb.build(net, path, overwrite=True, providers=[CPU])
+    del engine
+    return path
+
+
+def temporary_root() -> tempfile.TemporaryDirectory:
+    """Where engines are written while the benchmark runs (removed afterwards)."""
+    return tempfile.TemporaryDirectory(prefix="graphbuild-bench-")

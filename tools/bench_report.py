@@ -1,0 +1,220 @@
+"""What ``graphbuild bench`` prints and writes: the machine description, the results table, the
+kernel targets of the performance issues, and the ``--json`` document.
+
+A result is a plain dict (one timed path in one configuration); the keys are the JSON fields:
+``vocab, hidden, dtype, tokens, threads, device, path, label, ms, ms_min, samples, bytes,
+gb_per_s, vs_copy, vs_gather, check``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+import graphbuild
+from graphbuild.tools.common import format_bytes, write_atomically
+
+LEGEND = """\
+ms        median wall time of one call after warm-up (ids rotated over {rotations} pre-generated sets);
+          paths run in interleaved rounds, so machine noise hits them alike
+GB/s      bytes moved per second: rows read plus rows written, 2 x tokens x hidden x element size
+vs copy   throughput relative to the copy ceiling at the same thread count (above 1.00: faster
+          than a plain copy of the same bytes, which streaming stores make possible)
+vs Gather ORT Gather's time / this path's time (above 1.00 = faster than ONNX Runtime's Gather)
+paths     copy (ceiling): a plain copy of the same bytes{copy_note}
+          ORT Gather and TPEmbedding: one-node ONNX models run by ONNX Runtime, inputs and a
+          preallocated output bound once (IO binding), idle pool threads sleeping (--spin: ORT's
+          default spinning); "shard 1 of 2": half the table, ids of the other half give zero rows
+          (one tensor-parallel rank); engine.run: a whole graphbuild engine (gb.build of
+          examples/embedding_tp.py's network, tp_size 1), numpy in and out;
+          numpy take and torch F.embedding allocate their output on every call"""
+
+_CPU_COPY_NOTE = (
+    " from a window of the table that moves\n          every call, like the ids; 1 thread: numpy.copyto,"
+    " N threads: split over a pool of N threads"
+)
+_CUDA_COPY_NOTE = ", device to device (torch, else cupy, else ONNX\n          Runtime's Identity into a preallocated output)"
+
+
+def machine_info(device: str, torch_wanted: bool) -> dict[str, Any]:
+    """The facts that make figures comparable: CPU, memory, library versions, GPU."""
+    info: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_bytes": _meminfo("MemTotal"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "onnxruntime": ort.__version__,
+        "graphbuild": graphbuild.__version__,
+        "device": device,
+    }
+    if torch_wanted:
+        try:
+            import torch
+
+            info["torch"] = torch.__version__
+            if device == "cuda" and torch.cuda.is_available():
+                info["gpu"] = torch.cuda.get_device_name(0)
+        except ImportError:
+            info["torch"] = None
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _meminfo(field: str) -> Optional[int]:
+    """A /proc/meminfo field in bytes (None where there is no /proc)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def available_memory() -> int:
+    """Bytes of RAM that can be allocated without swapping (MemAvailable; a generous guess elsewhere)."""
+    found = _meminfo("MemAvailable")
+    if found is not None:
+        return found
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def header(machine: dict[str, Any], rotations: int) -> str:
+    """The lines printed before the first table."""
+    memory = machine.get("memory_bytes")
+    where = f"{machine['cpu']}, {machine['cores']} cores" + (f", {format_bytes(memory)} RAM" if memory else "")
+    if machine.get("gpu"):
+        where += f"; GPU {machine['gpu']}"
+    versions = f"onnxruntime {machine['onnxruntime']}, numpy {machine['numpy']}" + (f", torch {machine['torch']}" if machine.get("torch") else "")
+    note = _CPU_COPY_NOTE if machine["device"] == "cpu" else _CUDA_COPY_NOTE
+    return "\n".join(
+        [
+            f"graphbuild bench {machine['graphbuild']}: embedding lookup, device {machine['device']} ({where}; {versions})",
+            LEGEND.format(rotations=rotations, copy_note=note),
+        ]
+    )
+
+
+def format_ms(ms: float) -> str:
+    return f"{ms:.4f}" if ms < 0.1 else f"{ms:.3f}"
+
+
+_MIN_WIDTHS = (6, 7, 32, 9, 7, 7, 9, 5)
+
+
+def format_rows(results: Sequence[dict[str, Any]]) -> str:
+    """The results of one table configuration as aligned rows under a header."""
+    headers = ["tokens", "threads", "what", "ms", "GB/s", "vs copy", "vs Gather", "check"]
+    rows = []
+    for r in results:
+        rows.append(
+            [
+                str(r["tokens"]),
+                str(r["threads"]),
+                r["label"],
+                format_ms(r["ms"]),
+                f"{r['gb_per_s']:.2f}",
+                "-" if r["vs_copy"] is None else f"{r['vs_copy']:.2f}",
+                "-" if r["vs_gather"] is None else f"{r['vs_gather']:.2f}",
+                r["check"],
+            ]
+        )
+    # Fixed minimum widths keep the tables of successive groups aligned with the first header.
+    widths = [max(len(h), minimum, *(len(row[i]) for row in rows)) for i, (h, minimum) in enumerate(zip(headers, _MIN_WIDTHS))]
+    left = {2, 7}
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths)] + [line(row) for row in rows])
+
+
+def add_ratios(results: list[dict[str, Any]]) -> None:
+    """Fills ``vs_copy`` and ``vs_gather`` of the results of one (config, tokens, threads) group."""
+    by_path = {r["path"]: r for r in results}
+    copy = by_path.get("copy")
+    gather = by_path.get("ort_gather")
+    for r in results:
+        r["vs_copy"] = copy["ms"] / r["ms"] if copy is not None and r["ms"] > 0 else None
+        r["vs_gather"] = gather["ms"] / r["ms"] if gather is not None and r["ms"] > 0 else None
+
+
+# ---------------------------------------------------------------------------------- targets
+def describe_config(r: dict[str, Any]) -> str:
+    """``vocab 32000 float32, 4096 tokens, 2 threads``: where a result was measured."""
+    return f"vocab {r['vocab']} {r['dtype']}, {r['tokens']} tokens, {r['threads']} thread{'s' if r['threads'] > 1 else ''}"
+
+
+def _rule(name: str, selected: list[dict[str, Any]], value: Any, minimum: float) -> Optional[dict[str, Any]]:
+    scored = [(value(r), r) for r in selected]
+    scored = [(v, r) for v, r in scored if v is not None]
+    if not scored:
+        return None
+    worst_value, worst = min(scored, key=lambda item: item[0])
+    met = sum(1 for v, _ in scored if v >= minimum)
+    return {"target": name, "minimum": minimum, "met": met, "total": len(scored), "worst": round(worst_value, 3), "worst_at": describe_config(worst)}
+
+
+def evaluate_targets(results: Sequence[dict[str, Any]], device: str) -> list[dict[str, Any]]:
+    """The kernel targets of issue 4 (CPU) or issue 5 (CUDA), scored on TPEmbedding over the full table."""
+    ours = [r for r in results if r["path"] == "tp_embedding"]
+    large = [r for r in ours if r["tokens"] >= 4096]
+    small = [r for r in ours if r["tokens"] <= 16]
+    rules: list[Optional[dict[str, Any]]] = []
+    if device == "cpu":
+        rules.append(_rule(">= 4096 tokens: throughput >= 1.00x ORT Gather's", large, lambda r: r["vs_gather"], 1.0))
+        rules.append(_rule(">= 4096 tokens: >= 85% of the copy ceiling", large, lambda r: r["vs_copy"], 0.85))
+        rules.append(_rule("1-16 tokens: latency no worse than ORT Gather's (ratio >= 1.00)", small, lambda r: r["vs_gather"], 1.0))
+    else:
+        torch_ms = {(r["vocab"], r["dtype"], r["tokens"], r["threads"]): r["ms"] for r in results if r["path"] == "torch_embedding"}
+
+        def vs_torch(r: dict[str, Any]) -> Optional[float]:
+            found = torch_ms.get((r["vocab"], r["dtype"], r["tokens"], r["threads"]))
+            return None if found is None else found / r["ms"]
+
+        big16 = [r for r in ours if r["tokens"] >= 16384 and r["dtype"] in ("float16", "bfloat16")]
+        rules.append(_rule("16384 tokens fp16/bf16: >= 85% of the device copy", big16, lambda r: r["vs_copy"], 0.85))
+        rules.append(_rule("16384 tokens fp16/bf16: faster than ORT CUDA Gather", big16, lambda r: r["vs_gather"], 1.0))
+        rules.append(_rule("16384 tokens fp16/bf16: faster than torch F.embedding", big16, vs_torch, 1.0))
+        rules.append(_rule("1-16 tokens: latency no worse than ORT Gather's", small, lambda r: r["vs_gather"], 1.0))
+        rules.append(_rule("1-16 tokens: latency no worse than torch's", small, vs_torch, 1.0))
+    return [r for r in rules if r is not None]
+
+
+def format_targets(targets: Sequence[dict[str, Any]], device: str) -> str:
+    issue = "issue 4, CPU" if device == "cpu" else "issue 5, CUDA"
+    lines = [f"Kernel targets ({issue}; TPEmbedding over the full table):"]
+    for t in targets:
+        verdict = "met" if t["met"] == t["total"] else "MISSED"
+        lines.append(f"  {verdict:<6} {t['target']}: {t['met']}/{t['total']} configurations; worst {t['worst']:.2f} ({t['worst_at']})")
+    if not targets:
+        lines.append("  (no configuration in this run is covered by a target)")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    """Writes the ``--json`` document atomically."""
+    document = dict(document, created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    text = json.dumps(document, indent=1) + "\n"
+    write_atomically(Path(path), lambda handle: handle.write(text.encode()))
