@@ -82,6 +82,7 @@ OrtStatus* Register(OrtSessionOptions* options, const OrtApiBase* api_base) {
                               "another ONNX Runtime instance in this process; load it into one "
                               "runtime only");
     }
+    RecordShapeByReference(api_base->GetApi(ort::kShapeReferenceApiVersion) != nullptr);
     const Descriptors& descriptors = GetDescriptors();
     // Each call gets its own domain. ONNX Runtime does not take ownership and sessions created
     // from these options refer to it, so once added it is deliberately never released; a domain

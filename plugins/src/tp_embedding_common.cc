@@ -3,6 +3,7 @@
 // execution-provider-independent half of the op descriptor (see tp_embedding_common.h).
 #include "tp_embedding_common.h"
 
+#include <algorithm>
 #include <atomic>
 #include <utility>
 #include <vector>
@@ -11,11 +12,13 @@ namespace graphbuild::plugins {
 namespace {
 
 std::atomic<const OrtApi*> g_registered_api{nullptr};
+std::atomic<bool> g_shape_by_reference{false};
 
 // Ranks up to this size keep the output shape on the stack.
 constexpr size_t kInlineRank = 8;
 
-// Owns an OrtTensorTypeAndShapeInfo and reads element type and dimensions from it.
+// Reads a tensor's element type and dimensions: by reference into the value (no allocation) when
+// the runtime has API 24, else through an OrtTensorTypeAndShapeInfo that it owns.
 class TensorInfo {
  public:
   explicit TensorInfo(const ort::Api& api) : api_(api) {}
@@ -26,13 +29,28 @@ class TensorInfo {
   }
 
   OrtStatus* Load(const OrtValue* value) {
+    if (g_shape_by_reference.load(std::memory_order_relaxed)) {
+      if (OrtStatus* status =
+              api_.GetTensorElementTypeAndShapeDataReference(value, &type_, &dims_, &rank_)) {
+        return status;
+      }
+      count_ = 1;
+      for (size_t i = 0; i < rank_; ++i) count_ *= static_cast<size_t>(dims_[i]);
+      return nullptr;
+    }
     if (OrtStatus* status = api_.GetTensorTypeAndShape(value, &info_)) return status;
     if (OrtStatus* status = api_.GetTensorElementType(info_, &type_)) return status;
     if (OrtStatus* status = api_.GetDimensionsCount(info_, &rank_)) return status;
     return api_.GetTensorShapeElementCount(info_, &count_);
   }
   // Writes the dimensions into dims[0, rank()).
-  OrtStatus* Dimensions(int64_t* dims) const { return api_.GetDimensions(info_, dims, rank_); }
+  OrtStatus* Dimensions(int64_t* dims) const {
+    if (info_ == nullptr) {
+      std::copy(dims_, dims_ + rank_, dims);
+      return nullptr;
+    }
+    return api_.GetDimensions(info_, dims, rank_);
+  }
 
   ort::ElementType type() const { return type_; }
   size_t rank() const { return rank_; }
@@ -41,6 +59,7 @@ class TensorInfo {
  private:
   const ort::Api& api_;
   OrtTensorTypeAndShapeInfo* info_ = nullptr;
+  const int64_t* dims_ = nullptr;  // By-reference mode: the value's own dimensions.
   ort::ElementType type_ = ort::kUndefined;
   size_t rank_ = 0;
   size_t count_ = 0;
@@ -154,6 +173,10 @@ bool RecordRegisteredApi(const OrtApi* api) noexcept {
     return true;
   }
   return expected == api;
+}
+
+void RecordShapeByReference(bool available) noexcept {
+  g_shape_by_reference.store(available, std::memory_order_relaxed);
 }
 
 OrtStatus* MakeStatus(const ort::Api& api, ort::ErrorCode code,

@@ -34,6 +34,10 @@ const OrtApi* RegisteredApi() noexcept;
 // this process registered the library before (kernels then could call into the wrong runtime).
 bool RecordRegisteredApi(const OrtApi* api) noexcept;
 
+// Records whether the registered runtime offers GetTensorElementTypeAndShapeDataReference (API
+// 24); PrepareLookup then reads shapes without allocating.
+void RecordShapeByReference(bool available) noexcept;
+
 // Creates a status carrying `message` (the runtime copies the text).
 OrtStatus* MakeStatus(const ort::Api& api, ort::ErrorCode code,
                       const std::string& message) noexcept;

@@ -27,6 +27,9 @@ namespace graphbuild::ort {
 
 // OrtApi version that added the newest slot called below (274, KernelContext_ParallelFor).
 inline constexpr uint32_t kMinApiVersion = 17;
+// OrtApi version that added slot 414 (GetTensorElementTypeAndShapeDataReference), used when the
+// runtime has it (ONNX Runtime 1.24 and newer).
+inline constexpr uint32_t kShapeReferenceApiVersion = 24;
 
 // OrtErrorCode. C enums are int-sized on the platforms ONNX Runtime supports.
 enum ErrorCode : int {
@@ -223,6 +226,15 @@ class Api {
                                        size_t total, size_t num_batch, void* user) const {
     return Slot<274, OrtStatus* (*)(const OrtKernelContext*, void (*)(void*, size_t), size_t,
                                     size_t, void*)>()(context, fn, total, num_batch, user);
+  }
+
+  // Slot 414, API 24: the element type and a pointer to the value's own dimensions (valid while
+  // the value lives), without allocating an OrtTensorTypeAndShapeInfo. Only call it when
+  // GetApi(kShapeReferenceApiVersion) is non-null.
+  OrtStatus* GetTensorElementTypeAndShapeDataReference(const OrtValue* value, ElementType* type,
+                                                       const int64_t** dims, size_t* rank) const {
+    return Slot<414, OrtStatus* (*)(const OrtValue*, ElementType*, const int64_t**, size_t*)>()(
+        value, type, dims, rank);
   }
 
  private:
