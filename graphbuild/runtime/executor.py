@@ -16,7 +16,9 @@ outputs the caller gets back are copied to the host.
 
 Output-buffer policy: intermediate tensors live in the plan's buffers and are overwritten by the
 next call; what a call returns is never one of them. Outputs are copied into fresh arrays, or into
-the caller's arrays (``out=``), so a returned array stays valid after later calls. A ``workspace``
+the caller's arrays (``out=``), so a returned array stays valid after later calls. On CPU, a large
+output (``DIRECT_MIN_BYTES``) that no later step reads skips the copy: its segment writes straight
+into the array the call returns (the caller's ``out=`` array, or a fresh 64-byte-aligned one). A ``workspace``
 input of a collective receives a copy of the collective's result.
 
 An executor runs one call at a time (a lock serializes calls from several threads).
@@ -39,13 +41,17 @@ from graphbuild.errors import EngineError, ExecutionError, GraphBuildError, Inpu
 from graphbuild.ops.embedding import out_of_range_message
 from graphbuild.ops.registry import get_op
 from graphbuild.runtime.collectives import MODELLED_COLLECTIVES, CollectiveRun, HostCollectiveRun, HostCopy, SessionCache
-from graphbuild.runtime.ortvalues import allocate, device_of, host_view
+from graphbuild.runtime.ortvalues import allocate, device_of, host_view, to_ortvalue
 from graphbuild.runtime.session import create_session, default_providers
 
 _PLUGIN_RANGE_ERROR = re.compile(r"TPEmbedding '(?P<node>[^']*)': id (?P<id>-?\d+) at flat position (?P<pos>\d+) is outside the vocabulary \[0, (?P<vocab>\d+)\)")
 
 #: Plans (buffers and bindings for one set of input shapes) an executor keeps by default.
 MAX_PLANS = 8
+
+#: Outputs at least this large are written straight into the returned arrays (CPU); smaller ones
+#: are copied out of the plan's buffer, which costs less than binding a new array on every call.
+DIRECT_MIN_BYTES = 1 << 20
 
 
 @dataclasses.dataclass
@@ -131,6 +137,34 @@ class SegmentRun:
         if self.checks:
             self._check()
 
+    def bind_host_output(self, index: int, target: np.ndarray) -> ort.OrtValue:
+        """Binds output ``index`` to ``target``'s memory (CPU) for the next runs; returns the value,
+        which the caller keeps alive as long as it stays bound."""
+        value = to_ortvalue(target)
+        self.binding.bind_ortvalue_output(self.spec.outputs[index], value)
+        return value
+
+
+@dataclasses.dataclass
+class DirectOutput:
+    """An output that a segment writes straight into the array the caller gets (CPU only)."""
+
+    rank: int
+    name: str
+    run: SegmentRun
+    index: int
+    shape: tuple[int, ...]
+    dtype: dtypes.DType
+
+
+def _aligned_empty(shape: tuple[int, ...], dtype: dtypes.DType, alignment: int = 64) -> np.ndarray:
+    """An uninitialized array at an address that is a multiple of ``alignment`` (as ONNX Runtime's
+    own CPU buffers are; numpy guarantees only 16), so kernels keep their aligned wide stores."""
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.numpy.itemsize
+    raw = np.empty(size + alignment, np.uint8)
+    start = -raw.ctypes.data % alignment
+    return raw[start : start + size].view(dtype.numpy).reshape(shape)
+
 
 class Plan:
     """Buffers and bindings for one set of input shapes; creating it runs the engine once.
@@ -170,6 +204,37 @@ class Plan:
         self.outputs = [[(name, v[tensor]) for name, tensor in rank.items()] for rank, v in zip(outputs, values)]
         self._to_host = _host_reader(device, sessions)
         self.copy_workspaces(feeds)
+        self.direct = self._direct_outputs(steps, outputs, feeds) if device == "cpu" else []
+        self._bound: list[ort.OrtValue] = []
+
+    def _direct_outputs(self, steps: list[list[Any]], outputs: list[dict[str, str]], feeds: Mapping[str, np.ndarray]) -> list[DirectOutput]:
+        """Outputs that only the caller reads: later calls let their segment write them straight
+        into the returned arrays instead of into a plan buffer that is then copied."""
+        segment_runs = iter(run for run in self.runs if isinstance(run, SegmentRun))
+        producer: list[dict[str, tuple[SegmentRun, int]]] = [{} for _ in steps]
+        read: list[set[str]] = [set(feeds) for _ in steps]
+        for position in range(len(steps[0]) if steps else 0):
+            for rank, rank_steps in enumerate(steps):
+                spec = rank_steps[position]
+                if isinstance(spec, CollectiveSpec):
+                    read[rank].add(spec.input)
+                    continue
+                run = next(segment_runs)
+                read[rank].update(spec.inputs)
+                producer[rank].update({tensor: (run, i) for i, tensor in enumerate(spec.outputs)})
+        direct = []
+        for rank, rank_outputs in enumerate(outputs):
+            tensors = list(rank_outputs.values())
+            for name, tensor in rank_outputs.items():
+                if tensor in read[rank] or tensor not in producer[rank] or tensors.count(tensor) > 1:
+                    continue
+                run, index = producer[rank][tensor]
+                value = run.outputs[index]
+                dtype = dtypes.from_onnx(value.element_type())
+                if int(np.prod(value.shape(), dtype=np.int64)) * dtype.numpy.itemsize < DIRECT_MIN_BYTES:
+                    continue
+                direct.append(DirectOutput(rank, name, run, index, tuple(value.shape()), dtype))
+        return direct
 
     def load_feeds(self, feeds: Mapping[str, np.ndarray]) -> None:
         """Copies the feeds into their buffers (to the device, with CUDA)."""
@@ -179,11 +244,29 @@ class Plan:
                 array = np.ascontiguousarray(array)
             buffer.update_inplace(array.view(np.uint16) if array.dtype == dtypes.bfloat16.numpy else array)
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> None:
+    def run(self, feeds: Mapping[str, np.ndarray], rank_outputs: Optional[Mapping[str, np.ndarray]] = None) -> dict[tuple[int, str], np.ndarray]:
+        """Runs the steps; returns the outputs written straight into caller arrays, by (rank, name)."""
         self.load_feeds(feeds)
+        targets = []
+        for entry in self.direct:
+            wanted = rank_outputs.get(entry.name) if entry.rank == 0 and rank_outputs else None
+            if wanted is not None:
+                _check_out_shape(entry.name, wanted, entry.dtype, entry.shape)
+            direct = wanted is not None and wanted.flags.c_contiguous
+            targets.append((entry, wanted, wanted if direct else _aligned_empty(entry.shape, entry.dtype)))
+        # Every direct output is rebound on every call, so no array returned earlier stays bound.
+        bound = [entry.run.bind_host_output(entry.index, target) for entry, _, target in targets]
+        self._bound = bound  # the arrays stay bound (and alive) until the next call rebinds them
         for step in self.runs:
             step.run()
         self.copy_workspaces(feeds)
+        written: dict[tuple[int, str], np.ndarray] = {}
+        for entry, wanted, target in targets:
+            if wanted is not None and wanted is not target:
+                np.copyto(wanted, target)  # a non-contiguous out= array
+                target = wanted
+            written[(entry.rank, entry.name)] = target
+        return written
 
     def copy_workspaces(self, feeds: Mapping[str, np.ndarray]) -> None:
         for name, result in self.workspaces:
@@ -195,13 +278,17 @@ class Plan:
             target = workspace.reshape(-1)[:size].reshape(result.shape())
             self._to_host(result, target)
 
-    def results(self, rank_outputs: Optional[Mapping[str, np.ndarray]] = None) -> list[dict[str, np.ndarray]]:
-        """Every rank's outputs, copied to the host (rank 0's into ``rank_outputs`` where given)."""
+    def results(self, rank_outputs: Optional[Mapping[str, np.ndarray]] = None, written: Optional[Mapping[tuple[int, str], np.ndarray]] = None) -> list[dict[str, np.ndarray]]:
+        """Every rank's outputs on the host: those in ``written`` as they are, the others copied
+        (rank 0's into ``rank_outputs`` where given)."""
         copies: dict[int, np.ndarray] = {}
         per_rank = []
         for rank, outputs in enumerate(self.outputs):
             result = {}
             for name, value in outputs:
+                if written and (rank, name) in written:
+                    result[name] = written[(rank, name)]
+                    continue
                 target = rank_outputs.get(name) if rank == 0 and rank_outputs else None
                 if target is not None:
                     result[name] = copies[id(value)] = self._to_host(value, _check_out(name, target, value))
@@ -215,8 +302,10 @@ class Plan:
 
 
 def _check_out(name: str, target: Any, value: ort.OrtValue) -> np.ndarray:
-    dtype = dtypes.from_onnx(value.element_type())
-    shape = tuple(value.shape())
+    return _check_out_shape(name, target, dtypes.from_onnx(value.element_type()), tuple(value.shape()))
+
+
+def _check_out_shape(name: str, target: Any, dtype: dtypes.DType, shape: tuple[int, ...]) -> np.ndarray:
     if not isinstance(target, np.ndarray) or target.dtype != dtype.numpy or target.shape != shape or not target.flags.writeable:
         got = f"{target.dtype}{target.shape}" if isinstance(target, np.ndarray) else type(target).__name__
         raise InputError(f"out['{name}'] must be a writable numpy array of {dtype}{shape}, got {got}")
@@ -326,7 +415,7 @@ class LocalExecutor:
                 self._plans[key] = plan
                 if len(self._plans) > self._max_plans:
                     self._plans.popitem(last=False)
-            else:
-                self._plans.move_to_end(key)
-                plan.run(feeds)
-            return plan.results(out)
+                return plan.results(out)
+            self._plans.move_to_end(key)
+            written = plan.run(feeds, out)
+            return plan.results(out, written)

@@ -13,6 +13,7 @@ import graphbuild as gb
 from graphbuild import dtypes
 from graphbuild import functional as F
 from graphbuild.runtime.collectives import CollectiveRun, HostCollectiveRun, HostCopy, SessionCache
+from graphbuild.runtime import executor
 from graphbuild.runtime.executor import CollectiveSpec, SegmentRun
 from graphbuild.runtime.ortvalues import allocate, host_view
 
@@ -204,3 +205,38 @@ def test_host_fallback_collective_uses_the_registry_combine(rng, op, attrs, refe
         value.update_inplace(array.view(np.uint16))
     run.run()
     np.testing.assert_array_equal(host_view(run.output).view(np.uint16), reference(fresh).astype(ml_dtypes.bfloat16).view(np.uint16))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_final_outputs_are_written_straight_into_the_returned_arrays(tmp_path, rng, dtype, monkeypatch):
+    """A tp 1 lookup: after the first call the segment writes into the caller's (or a fresh) array."""
+    monkeypatch.setattr(executor, "DIRECT_MIN_BYTES", 0)  # large outputs only, by default
+    table = rng.standard_normal((12, 8)).astype(dtypes.as_dtype(dtype).numpy)
+    net = gb.Network("direct")
+    with net:
+        ids = net.add_input("ids", "int64", ("n",))
+        net.mark_output(F.embedding(ids, gb.constant(table, name="wte"), name="wte"), "emb")
+    engine = gb.build(net, tmp_path / "direct", providers=CPU)
+    calls = [rng.integers(0, 12, size=6) for _ in range(4)]
+    results = [engine.run({"ids": ids})["emb"] for ids in calls[:3]]
+    plan = next(iter(engine._executor._plans.values()))
+    assert [(d.rank, d.name) for d in plan.direct] == [(0, "emb")]
+    for ids, result in zip(calls, results):  # none overwritten by a later call
+        np.testing.assert_array_equal(result, table[ids])
+    assert results[1].ctypes.data % 64 == 0, "fresh outputs are 64-byte aligned, as ORT's own buffers"
+    target = np.full((6, 8), np.nan, table.dtype)
+    assert engine.run({"ids": calls[3]}, out={"emb": target})["emb"] is target
+    np.testing.assert_array_equal(target, table[calls[3]])
+    strided = np.zeros((6, 16), table.dtype)[:, ::2]  # not contiguous: filled by a copy
+    engine.run({"ids": calls[0]}, out={"emb": strided})
+    np.testing.assert_array_equal(strided, table[calls[0]])
+    np.testing.assert_array_equal(target, table[calls[3]])  # an earlier out= array is no longer written
+
+
+def test_small_outputs_are_copied_out(tmp_path, rng):
+    table = rng.standard_normal((12, 8)).astype(np.float32)
+    engine = norm_engine(tmp_path, table, 1, 0)
+    for _ in range(2):
+        ids = rng.integers(0, 12, size=5)
+        np.testing.assert_array_equal(engine.run({"ids": ids})["emb"], table[ids])
+    assert next(iter(engine._executor._plans.values())).direct == []
