@@ -2,7 +2,8 @@
 # nothing relies on packages installed by hand.
 #   make demo   install, then build and run examples/embedding_tp.py (in-process executor, CPU)
 #   make test   install, then run the whole test suite
-#   make bench  install, then run the full benchmark (graphbuild bench; BENCH_ARGS=--quick for a subset)
+#   make bench  install, then run the benchmarks: graphbuild bench (the kernel; BENCH_ARGS=--quick for a
+#               subset), compiler scaling and executor overhead
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -41,6 +42,8 @@ test: install
 
 bench: install
 	$(BIN)/graphbuild bench $(BENCH_ARGS)
+	$(BIN)/python benchmarks/compiler_scaling.py
+	$(BIN)/python benchmarks/executor_overhead.py
 
 clean:
 	rm -rf build out .pytest_cache .hypothesis
