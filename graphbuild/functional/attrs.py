@@ -37,6 +37,6 @@ def claim_instance_id(what: str, net: Network, instance_id: Optional[int]) -> in
     """
     if instance_id is None:
         return net.new_instance_id()
-    if any(node.attrs.get("instance_id") == instance_id for node in net.nodes):
+    if net.uses_instance_id(instance_id):
         raise GraphConstructionError(f"{what}: instance_id={instance_id} is already used in network '{net.name}'")
     return int(instance_id)

@@ -111,6 +111,10 @@ class Network:
         self._next_instance_id += 1
         return self._next_instance_id - 1
 
+    def uses_instance_id(self, instance_id: int) -> bool:
+        """Whether a node of this network already carries ``instance_id``."""
+        return instance_id in self._used_instance_ids()
+
     def _used_instance_ids(self) -> set[Any]:
         """The instance_ids of all nodes, scanning only the nodes appended since the last call.
 

@@ -91,7 +91,7 @@ def test_correctness_check_compares_with_numpy(rng):
 
 def test_configurations_that_do_not_fit_are_skipped_with_the_reason(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(bench_report, "available_memory", lambda: 200_000)
-    status, doc, printed = _run_json(tmp_path, capsys, "--tokens", "1", "300", "--dtype", "float32", "--threads", "1", "--no-engine")
+    status, doc, printed = _run_json(tmp_path, capsys, "--tokens", "1", "300", "--dtype", "float32", "--threads", "1", "--no-engine", "--no-torch")
     assert status == 0
     assert {r["tokens"] for r in doc["results"]} == {1}
     (skipped,) = doc["skipped"]
