@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,19 +17,9 @@ EXAMPLE = HERE.parents[1] / "examples" / "bert_minilm.py"
 SENTENCES = ["A man is eating food.", "A man is eating a piece of bread.", "Graphs split over ranks!"]
 
 
-def load_module(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def example():
-    module = load_module("graphbuild_example_bert_minilm", EXAMPLE)
-    yield module
-    sys.modules.pop("graphbuild_example_bert_minilm", None)
+def example(load_script):
+    return load_script(EXAMPLE)
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +28,8 @@ def cache_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def expected(example):
-    numpy_bert = load_module("graphbuild_numpy_bert", HERE / "numpy_bert.py")
+def expected(example, load_script):
+    numpy_bert = load_script(HERE / "numpy_bert.py")
     weights = load_file(str(example.model_dir() / "model.safetensors"))
     feeds = example.tokenize(SENTENCES)
     return numpy_bert.sentence_embeddings(weights, feeds["input_ids"], feeds["attention_mask"], feeds["token_type_ids"], num_heads=12)

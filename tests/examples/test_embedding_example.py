@@ -3,8 +3,6 @@ with and without the plugin, compared with numpy; and the script's ``main`` end 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +15,8 @@ VOCAB, HIDDEN = 97, 10  # neither divides evenly by 4
 
 
 @pytest.fixture(scope="module")
-def example():
-    spec = importlib.util.spec_from_file_location("graphbuild_example_embedding_tp", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def example(load_script):
+    return load_script(EXAMPLE)
 
 
 def _table(seed: int = 0) -> np.ndarray:

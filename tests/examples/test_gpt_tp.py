@@ -4,8 +4,6 @@ and compiled at tp_size 1, 2 and 4; logits (values and argmax) against the numpy
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,24 +16,14 @@ EXAMPLE = HERE.parents[1] / "examples" / "gpt_tp.py"
 TP_SIZES = (1, 2, 4)
 
 
-def load_module(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def example(load_script):
+    return load_script(EXAMPLE)
 
 
 @pytest.fixture(scope="module")
-def example():
-    module = load_module("graphbuild_example_gpt_tp", EXAMPLE)
-    yield module
-    sys.modules.pop("graphbuild_example_gpt_tp", None)
-
-
-@pytest.fixture(scope="module")
-def numpy_gpt():
-    return load_module("graphbuild_numpy_gpt", HERE / "numpy_gpt.py")
+def numpy_gpt(load_script):
+    return load_script(HERE / "numpy_gpt.py")
 
 
 @pytest.fixture(scope="module")

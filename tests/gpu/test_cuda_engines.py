@@ -9,7 +9,8 @@ session is checked to run on CUDA and every TPEmbedding node to have run there (
 
 from __future__ import annotations
 
-import itertools
+import importlib.util
+from pathlib import Path
 
 import ml_dtypes
 import numpy as np
@@ -17,51 +18,24 @@ import pytest
 
 import graphbuild as gb
 from graphbuild import functional as F
-from graphbuild.sharding import shard_table
 
 pytestmark = pytest.mark.gpu
 
 CUDA = ["CUDAExecutionProvider"]
-DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
-ID_SHAPES = [(), ("n",), ("b", "s"), ("b3", "s3", "k")]
-ID_DTYPES = ["int64", "int32", "int64", "int32"]
 
 
-def make_tables(rng: np.random.Generator, tp_size: int, dtype: str) -> dict[str, np.ndarray]:
-    sizes = {"even": (8 * tp_size, 4 * tp_size), "uneven": (8 * tp_size + 3, 4 * tp_size + 1)}
-    return {key: (rng.standard_normal(size) + 0.5).astype(DTYPES[dtype]) for key, size in sizes.items()}
+def _load_matrix_module():
+    """The CPU matrix test module, whose builders, feeds and comparison this file reuses."""
+    path = Path(__file__).resolve().parents[1] / "test_tp_embedding_matrix.py"
+    spec = importlib.util.spec_from_file_location("graphbuild_tests_tp_embedding_matrix", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def make_network(tables: dict[str, np.ndarray], tp_size: int, sharding_dim: int, tp_rank=None) -> gb.Network:
-    net = gb.Network("cuda_matrix" if tp_rank is None else f"cuda_matrix.rank{tp_rank}")
-    with net:
-        ids = [net.add_input(f"ids{r}", ID_DTYPES[r], ID_SHAPES[r]) for r in range(len(ID_SHAPES))]
-        for key, table in tables.items():
-            vocab, hidden = table.shape
-            local = table if tp_rank is None else shard_table(table, tp_size, tp_rank, sharding_dim)
-            weight = gb.constant(local, name=f"{key}.weight")
-            for r, id_tensor in enumerate(ids):
-                out = F.embedding(
-                    id_tensor, weight, tp_size=tp_size, sharding_dim=sharding_dim, tp_rank=tp_rank,
-                    vocab_size=vocab if tp_rank is not None else None,
-                    embedding_dim=hidden if tp_rank is not None else None,
-                    name=f"{key}{r}",
-                )
-                net.mark_output(out, f"{key}_out{r}")
-    return net
-
-
-def make_feeds(rng: np.random.Generator, vocab: int, empty: bool) -> dict[str, np.ndarray]:
-    shapes = [(), (5,), (2, 3), (2, 0, 4) if empty else (2, 3, 2)]
-    return {f"ids{r}": rng.integers(0, vocab, size=shape).astype(ID_DTYPES[r]) for r, shape in enumerate(shapes)}
-
-
-def assert_bitwise(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
-    assert actual.dtype == expected.dtype and actual.shape == expected.shape, what
-    np.testing.assert_array_equal(actual.astype(np.float32), expected.astype(np.float32), err_msg=what)
-
-
-CASES = list(itertools.product([1, 2, 3, 4], [0, 1], list(DTYPES), [True, False], ["logical", "rank-local"]))
+_matrix = _load_matrix_module()
+DTYPES, CASES, ID_SHAPES = _matrix.DTYPES, _matrix.CASES, _matrix.ID_SHAPES
+make_tables, make_network, make_feeds, assert_bitwise = _matrix.make_tables, _matrix.make_network, _matrix.make_feeds, _matrix.assert_bitwise
 
 
 @pytest.mark.parametrize("tp_size,sharding_dim,dtype,use_plugin,mode", CASES, ids=lambda v: str(v))
