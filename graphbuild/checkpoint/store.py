@@ -15,7 +15,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Union
+from typing import Sequence, Union
 
 import ml_dtypes
 import numpy as np
