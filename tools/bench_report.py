@@ -207,7 +207,7 @@ def format_targets(targets: Sequence[dict[str, Any]], device: str) -> str:
     lines = [f"Kernel targets ({issue}; TPEmbedding over the full table):"]
     for t in targets:
         verdict = "met" if t["met"] == t["total"] else "MISSED"
-        lines.append(f"  {verdict:<6} {t['target']}: {t['met']}/{t['total']} configurations; worst {t['worst']:.2f} ({t['worst_at']})")
+        lines.append(f"  {verdict:<6} {t['target']}: {t['met']}/{t['total']} configurations; worst {t['worst']:.3f} ({t['worst_at']})")
     if not targets:
         lines.append("  (no configuration in this run is covered by a target)")
     return "\n".join(lines)
