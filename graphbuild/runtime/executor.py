@@ -41,7 +41,7 @@ from graphbuild.errors import EngineError, ExecutionError, GraphBuildError, Inpu
 from graphbuild.ops.embedding import out_of_range_message
 from graphbuild.ops.registry import get_op
 from graphbuild.runtime.collectives import MODELLED_COLLECTIVES, CollectiveRun, HostCollectiveRun, HostCopy, SessionCache
-from graphbuild.runtime.ortvalues import allocate, device_of, host_view, to_ortvalue
+from graphbuild.runtime.ortvalues import aligned_empty, allocate, device_of, host_view, to_ortvalue
 from graphbuild.runtime.session import create_session, default_providers
 
 _PLUGIN_RANGE_ERROR = re.compile(r"TPEmbedding '(?P<node>[^']*)': id (?P<id>-?\d+) at flat position (?P<pos>\d+) is outside the vocabulary \[0, (?P<vocab>\d+)\)")
@@ -157,15 +157,6 @@ class DirectOutput:
     dtype: dtypes.DType
 
 
-def _aligned_empty(shape: tuple[int, ...], dtype: dtypes.DType, alignment: int = 64) -> np.ndarray:
-    """An uninitialized array at an address that is a multiple of ``alignment`` (as ONNX Runtime's
-    own CPU buffers are; numpy guarantees only 16), so kernels keep their aligned wide stores."""
-    size = int(np.prod(shape, dtype=np.int64)) * dtype.numpy.itemsize
-    raw = np.empty(size + alignment, np.uint8)
-    start = -raw.ctypes.data % alignment
-    return raw[start : start + size].view(dtype.numpy).reshape(shape)
-
-
 class Plan:
     """Buffers and bindings for one set of input shapes; creating it runs the engine once.
 
@@ -253,7 +244,7 @@ class Plan:
             if wanted is not None:
                 _check_out_shape(entry.name, wanted, entry.dtype, entry.shape)
             direct = wanted is not None and wanted.flags.c_contiguous
-            targets.append((entry, wanted, wanted if direct else _aligned_empty(entry.shape, entry.dtype)))
+            targets.append((entry, wanted, wanted if direct else aligned_empty(entry.shape, entry.dtype.numpy)))
         # Every direct output is rebound on every call, so no array returned earlier stays bound.
         bound = [entry.run.bind_host_output(entry.index, target) for entry, _, target in targets]
         self._bound = bound  # the arrays stay bound (and alive) until the next call rebinds them

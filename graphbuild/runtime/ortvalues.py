@@ -47,6 +47,16 @@ def device_of(providers: Sequence[str]) -> str:
     return "cuda" if providers and providers[0] == "CUDAExecutionProvider" else "cpu"
 
 
+def aligned_empty(shape: Sequence[int], dtype: np.dtype, alignment: int = 64) -> np.ndarray:
+    """An uninitialized host array at an address that is a multiple of ``alignment``, as ONNX
+    Runtime's own CPU buffers are (numpy guarantees only 16), so kernels keep their aligned wide stores."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(tuple(shape), dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(size + alignment, np.uint8)
+    start = -raw.ctypes.data % alignment
+    return raw[start : start + size].view(dtype).reshape(tuple(shape))
+
+
 def allocate(shape: Sequence[int], dtype: dtypes.DType, device: str) -> ort.OrtValue:
     """An uninitialized tensor of ``shape`` and ``dtype`` owned by ONNX Runtime on ``device``."""
     return ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype.onnx, device, 0)
