@@ -25,7 +25,7 @@ from onnx import TensorProto, helper
 
 from graphbuild import dtypes
 from graphbuild.errors import ExecutionError
-from graphbuild.runtime.ortvalues import allocate
+from graphbuild.runtime.ortvalues import allocate, to_ortvalue, write_into
 from graphbuild.runtime.session import session_options
 
 _OPSET = 21
@@ -183,7 +183,7 @@ class HostCollectiveRun:
         return np.ascontiguousarray(self._combine(self.spec, [reader.run() for reader in self._readers], None))
 
     def _store(self, result: np.ndarray) -> None:
-        self.output.update_inplace(result.view(np.uint16) if result.dtype == dtypes.bfloat16.numpy else result)
+        write_into(self.output, result)
 
     def run(self) -> None:
         result = self._compute()
@@ -210,8 +210,7 @@ class HostCopy:
     def run(self, out: Optional[np.ndarray] = None) -> np.ndarray:
         """Returns the tensor's contents in ``out`` (C-contiguous, right shape and dtype) or a new array."""
         array = np.empty(self.shape, self.dtype.numpy) if out is None else out
-        raw = array.view(np.uint16) if self.dtype == dtypes.bfloat16 else array
-        self.binding.bind_ortvalue_output("y", ort.OrtValue.ortvalue_from_numpy_with_onnx_type(raw, self.dtype.onnx))
+        self.binding.bind_ortvalue_output("y", to_ortvalue(array))
         self.session.run_with_iobinding(self.binding)
         return array
 

@@ -41,7 +41,7 @@ from graphbuild.errors import EngineError, ExecutionError, GraphBuildError, Inpu
 from graphbuild.ops.embedding import out_of_range_message
 from graphbuild.ops.registry import get_op
 from graphbuild.runtime.collectives import MODELLED_COLLECTIVES, CollectiveRun, HostCollectiveRun, HostCopy, SessionCache
-from graphbuild.runtime.ortvalues import aligned_empty, allocate, device_of, host_view, to_ortvalue
+from graphbuild.runtime.ortvalues import aligned_empty, allocate, device_of, host_view, to_ortvalue, write_into
 from graphbuild.runtime.session import create_session, default_providers
 
 _PLUGIN_RANGE_ERROR = re.compile(r"TPEmbedding '(?P<node>[^']*)': id (?P<id>-?\d+) at flat position (?P<pos>\d+) is outside the vocabulary \[0, (?P<vocab>\d+)\)")
@@ -233,7 +233,7 @@ class Plan:
             array = feeds[name]
             if not array.flags.c_contiguous:
                 array = np.ascontiguousarray(array)
-            buffer.update_inplace(array.view(np.uint16) if array.dtype == dtypes.bfloat16.numpy else array)
+            write_into(buffer, array)
 
     def run(self, feeds: Mapping[str, np.ndarray], rank_outputs: Optional[Mapping[str, np.ndarray]] = None) -> dict[tuple[int, str], np.ndarray]:
         """Runs the steps; returns the outputs written straight into caller arrays, by (rank, name)."""

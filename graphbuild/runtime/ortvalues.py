@@ -27,6 +27,11 @@ def to_ortvalue(array: np.ndarray) -> ort.OrtValue:
     return ort.OrtValue.ortvalue_from_numpy(array)
 
 
+def write_into(value: ort.OrtValue, array: np.ndarray) -> None:
+    """Copies a contiguous host ``array`` into ``value`` (on any device; bfloat16 included)."""
+    value.update_inplace(array.view(np.uint16) if array.dtype == dtypes.bfloat16.numpy else array)
+
+
 def from_ortvalue(value: ort.OrtValue) -> np.ndarray:
     """A numpy array with the value's contents (CPU values only; bfloat16 comes back as bfloat16)."""
     if value.element_type() == dtypes.bfloat16.onnx:
