@@ -213,9 +213,7 @@ def load_safetensors(
         for rank, params in enumerate(ranks):
             label = what if len(ranks) == 1 else f"{what} on rank {rank}"
             target = params[param]
-            target.load(tensor, what=label)
-            if np.may_share_memory(target.data, tensor):  # a view of the file's memory map: own a copy
-                target.data = target.data.copy()
+            target.load(tensor, what=label)  # copies out of the file's memory map
     return LoadReport(
         loaded=plan,
         skipped=skipped,

@@ -108,7 +108,9 @@ class Parameter:
         piece = array if self.weight_loader is None else np.asarray(self.weight_loader(array))
         if tuple(piece.shape) != self.shape:
             raise CheckpointError(f"{label}: weight_loader gave shape {list(piece.shape)}, expected {list(self.shape)}")
-        self.data = np.ascontiguousarray(piece, dtype=self.dtype.numpy)
+        data = np.ascontiguousarray(piece, dtype=self.dtype.numpy)
+        # Own the data: a view would keep the whole checkpoint tensor (or its file mapping) alive.
+        self.data = data.copy() if np.may_share_memory(data, array) else data
         self._constants = weakref.WeakKeyDictionary()
 
     @property

@@ -226,3 +226,13 @@ def test_no_init_gives_zero_weights_of_the_right_shapes(rng):
     assert emb.weight.shape == (4, 4) and not emb.weight.data.any()
     np.testing.assert_array_equal(given.weight.data, 1.0)  # a given table is still used
     assert layers.ColumnLinear(4, 6, seed=3).weight.data.any()  # outside the block: random again
+
+
+def test_loaded_parameters_own_their_data(rng):
+    full = rng.standard_normal((8, 6)).astype(np.float32)
+    layer = layers.ColumnLinear(6, 8, tp_size=2, tp_rank=1, gather_output=False)
+    layer.weight.load(full)
+    assert not np.shares_memory(layer.weight.data, full)
+    expected = full[4:].copy()
+    full[:] = 0  # the checkpoint buffer is reused or unmapped
+    np.testing.assert_array_equal(layer.weight.data, expected)
