@@ -1,7 +1,6 @@
 """``graphbuild bench`` on tiny configurations: the table and ``--json`` document it produces, its
-own correctness check, memory-based skipping and argument errors; and the TPEmbedding CPU kernel's
-large-output paths (streaming stores, prefetching, the thread pool), which only outputs of tens of
-MiB reach, checked against numpy."""
+own correctness check, memory-based skipping and argument errors. (The kernel's large-output paths
+that the bench times are tested in ``tests/plugins/test_cpu_stream_copy.py``.)"""
 
 from __future__ import annotations
 
@@ -12,12 +11,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
 
-from graphbuild import dtypes
-from graphbuild.plugin import DOMAIN, DOMAIN_VERSION, TP_EMBEDDING
-from graphbuild.runtime.ortvalues import from_ortvalue, to_ortvalue
-from graphbuild.runtime.session import CUDA, cuda_device_count, session_options
+from graphbuild.runtime.session import CUDA, cuda_device_count
 from graphbuild.tools import bench_cmd, bench_paths, bench_report
 from graphbuild.tools.cli import main, make_parser
 
@@ -117,48 +112,6 @@ def test_cuda_without_a_cuda_device_is_a_clear_error(capsys):
     assert main(["bench", *TINY, "--device", "cuda"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("graphbuild: error: --device cuda") and ("CUDAExecutionProvider" in err or "no CUDA device" in err)
-
-
-# ------------------------------------------------------------------ the kernel's large-output paths
-def _tp_session(rows: int, hidden: int, dtype: dtypes.DType, id_type: int, threads: int, **attrs: int) -> ort.InferenceSession:
-    ids = helper.make_tensor_value_info("ids", id_type, ["n"])
-    table = helper.make_tensor_value_info("table", dtype.onnx, [rows, hidden])
-    out = helper.make_tensor_value_info("out", dtype.onnx, ["n", hidden])
-    node = helper.make_node(TP_EMBEDDING, ["ids", "table"], ["out"], domain=DOMAIN, **attrs)
-    opsets = [helper.make_opsetid("", 21), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)]
-    model = helper.make_model(helper.make_graph([node], "t", [ids, table], [out]), opset_imports=opsets, ir_version=10)
-    options = session_options(needs_plugin=True, intra_op_threads=threads)
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-@pytest.mark.parametrize(
-    "dtype_name, hidden, tokens, id_type",
-    [
-        ("float32", 4096, 1700, TensorProto.INT64),  # 27 MiB out, 16 KiB rows: streaming, 4 pages in lockstep
-        ("bfloat16", 4096, 3300, TensorProto.INT32),  # 26 MiB, 8 KiB rows: lockstep groups span rows; int32 ids
-        ("float32", 4112, 1700, TensorProto.INT64),  # rows of 4 pages plus a 64-byte tail
-        ("float32", 4100, 1700, TensorProto.INT64),  # rows a multiple of 16 bytes, not 64: streaming row by row
-        ("float16", 4093, 3300, TensorProto.INT64),  # 8186-byte rows: too odd to stream, memcpy
-    ],
-)
-def test_large_outputs_match_numpy(rng, dtype_name, hidden, tokens, id_type):
-    dtype = dtypes.as_dtype(dtype_name)
-    vocab = 900
-    table = rng.standard_normal((vocab, hidden), dtype=np.float32).astype(dtype.numpy)
-    ids = rng.integers(0, vocab, size=tokens).astype(np.int64 if id_type == TensorProto.INT64 else np.int32)
-    ids[-1] = vocab - 1  # the table's last row, read to its last byte
-    ids[0] = 449  # the shard's last row
-    for shard in (False, True):
-        rows = 450 if shard else vocab
-        attrs = {"vocab_size": vocab, "vocab_start": 0} if shard else {"vocab_size": vocab}
-        session = _tp_session(rows, hidden, dtype, id_type, threads=2, **attrs)
-        feeds = {"ids": to_ortvalue(ids), "table": to_ortvalue(np.ascontiguousarray(table[:rows]))}
-        (got,) = session.run_with_ort_values(["out"], feeds)
-        data = from_ortvalue(got)
-        expected = np.stack([table[i] if i < rows else np.zeros(hidden, dtype.numpy) for i in ids.tolist()])
-        bits = np.uint32 if dtype.itemsize == 4 else np.uint16
-        assert data.dtype == expected.dtype and data.shape == (tokens, hidden)
-        assert np.array_equal(data.view(bits), expected.view(bits)), f"shard={shard}"
 
 
 def _fake_numpy_path(result):
