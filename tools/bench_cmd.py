@@ -41,6 +41,10 @@ ROUNDS = 3  # the paths of one configuration take turns this many times
 MIN_REPEATS, MAX_REPEATS = 5, 400
 PAUSE_S = 0.003  # untimed pause after each path's block, so thread pools that spin go idle
 BUDGET_S, QUICK_BUDGET_S = 0.3, 0.08  # timed seconds per path and configuration
+# At 1 to 16 tokens TPEmbedding and ORT Gather are also timed with their calls alternating, this
+# many calls each (--repeats overrides): see measure_paired.
+PAIRED_MAX_TOKENS = 16
+PAIRED_CALLS, QUICK_PAIRED_CALLS = 20000, 3000
 MEMORY_FRACTION = 0.85  # of the available RAM a configuration may plan to use
 # Host buffers of the output's size a configuration holds at most: the copy's source and target,
 # numpy's and torch's per-call outputs, three bound ORT outputs, the engine's output and its
@@ -116,6 +120,7 @@ def settings_from(args: argparse.Namespace) -> dict[str, Any]:
         "repeats": None if args.repeats is None else _positive([args.repeats], "repeats")[0],
         "warmup": _positive([args.warmup], "warmup", 0)[0],
         "budget_s": QUICK_BUDGET_S if quick else BUDGET_S,
+        "paired_calls": args.repeats or (QUICK_PAIRED_CALLS if quick else PAIRED_CALLS),
         "rotations": ROTATIONS,
         "engine": not args.no_engine,
         "torch": not args.no_torch,
@@ -223,6 +228,31 @@ def measure(paths: Sequence[bench_paths.TimedPath], *, warmup: int, repeats: Opt
     return samples
 
 
+def measure_paired(first: bench_paths.TimedPath, second: bench_paths.TimedPath, calls: int) -> tuple[float, float]:
+    """Median seconds of one call of ``first`` and of ``second``, over ``calls`` calls each made in
+    turn (which of the two goes first alternates as well).
+
+    For two paths of a few microseconds, as TPEmbedding and ORT Gather are at 1 to 16 tokens (nearly
+    all of it ONNX Runtime's per-call cost), the machine's state drifts by a few percent between
+    the blocks that ``measure`` times, which decides the sign of a ratio this close to 1: timed in
+    blocks, the ratio of the two landed anywhere in 0.94-1.12 over full runs on the development VM.
+    Alternating call by call, drift hits both alike: 0.988-1.068 over two runs of the 24 small
+    configurations (float32 at 16 tokens and 2 threads aside, where Gather wakes its pool each call).
+    """
+    clock = time.perf_counter
+    times: tuple[list[float], list[float]] = ([], [])
+    paths = (first, second)
+    for _ in range(min(calls, 200)):  # warm-up, in turn as well
+        first.run(0)
+        second.run(0)
+    for i in range(calls):
+        for k in (0, 1) if i % 2 == 0 else (1, 0):
+            start = clock()
+            paths[k].run(i)
+            times[k].append(clock() - start)
+    return float(np.median(times[0])), float(np.median(times[1]))
+
+
 # --------------------------------------------------------------------------------- the run
 def run_benchmark(settings: dict[str, Any], emit: Callable[[str], None] = print) -> dict[str, Any]:
     """Runs every configuration of ``settings`` (see ``settings_from``) and returns the JSON document.
@@ -295,6 +325,9 @@ def _run_table(settings: dict[str, Any], vocab: int, hidden: int, dtype: dtypes.
                     text = bench_report.format_rows(group)
                     emit(text if not lines_started else "\n".join(text.splitlines()[2:]))
                     lines_started = True
+                    paired = bench_report.format_paired(group)
+                    if paired:
+                        emit(paired)
                     for entry in failed:
                         emit(f"  {entry['path']} at {tokens} tokens, {threads} thread{'s' if threads > 1 else ''} left out: {entry['reason']}")
                         entry["check"] = entry["reason"]
@@ -355,6 +388,12 @@ def _run_group(settings: dict[str, Any], setup: bench_paths.LookupSetup, vocab: 
             }
         )
     bench_report.add_ratios(group)
+    by_key = {r["path"]: r for r in group}
+    if tokens <= PAIRED_MAX_TOKENS and "ort_gather" in by_key and "tp_embedding" in by_key:
+        timed = {p.key: p for p in paths}
+        gather_s, ours_s = measure_paired(timed["ort_gather"], timed["tp_embedding"], settings["paired_calls"])
+        by_key["tp_embedding"]["vs_gather_paired"] = gather_s / ours_s
+        by_key["tp_embedding"]["paired_calls"] = settings["paired_calls"]
     return group
 
 

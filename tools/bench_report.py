@@ -28,6 +28,8 @@ GB/s      bytes moved per second: rows read plus rows written, 2 x tokens x hidd
 vs copy   throughput relative to the copy ceiling at the same thread count (above 1.00: faster
           than a plain copy of the same bytes, which streaming stores make possible)
 vs Gather ORT Gather's time / this path's time (above 1.00 = faster than ONNX Runtime's Gather)
+          at 1-16 tokens also with the two ops' calls alternating one by one ("calls alternating"),
+          which keeps the few-percent drift between timing blocks out of a ratio close to 1
 paths     copy (ceiling): a plain copy of the same bytes{copy_note}
           ORT Gather and TPEmbedding: one-node ONNX models run by ONNX Runtime, inputs and a
           preallocated output bound once (IO binding), idle pool threads sleeping (--spin: ORT's
@@ -160,6 +162,20 @@ def add_ratios(results: list[dict[str, Any]]) -> None:
         r["vs_gather"] = gather["ms"] / r["ms"] if gather is not None and r["ms"] > 0 else None
 
 
+def format_paired(group: Sequence[dict[str, Any]]) -> str:
+    """The line under a group's rows with its calls-alternating ratio, or "" when it has none."""
+    for r in group:
+        if r.get("vs_gather_paired") is not None:
+            return f"{'':>17}TPEmbedding vs ORT Gather, calls alternating ({r['paired_calls']} each): {r['vs_gather_paired']:.3f}"
+    return ""
+
+
+def _small_vs_gather(r: dict[str, Any]) -> Optional[float]:
+    """The ratio the 1-16-token target is scored on: calls alternating when measured, else blocks."""
+    paired = r.get("vs_gather_paired")
+    return paired if paired is not None else r["vs_gather"]
+
+
 # ---------------------------------------------------------------------------------- targets
 def describe_config(r: dict[str, Any]) -> str:
     """``vocab 32000 float32, 4096 tokens, 2 threads``: where a result was measured."""
@@ -185,7 +201,7 @@ def evaluate_targets(results: Sequence[dict[str, Any]], device: str) -> list[dic
     if device == "cpu":
         rules.append(_rule(">= 4096 tokens: throughput >= 1.00x ORT Gather's", large, lambda r: r["vs_gather"], 1.0))
         rules.append(_rule(">= 4096 tokens: >= 85% of the copy ceiling", large, lambda r: r["vs_copy"], 0.85))
-        rules.append(_rule("1-16 tokens: latency no worse than ORT Gather's (ratio >= 1.00)", small, lambda r: r["vs_gather"], 1.0))
+        rules.append(_rule("1-16 tokens: latency no worse than ORT Gather's (calls alternating, ratio >= 1.00)", small, _small_vs_gather, 1.0))
     else:
         torch_ms = {(r["vocab"], r["dtype"], r["tokens"], r["threads"]): r["ms"] for r in results if r["path"] == "torch_embedding"}
 
@@ -197,7 +213,7 @@ def evaluate_targets(results: Sequence[dict[str, Any]], device: str) -> list[dic
         rules.append(_rule("16384 tokens fp16/bf16: >= 85% of the device copy", big16, lambda r: r["vs_copy"], 0.85))
         rules.append(_rule("16384 tokens fp16/bf16: faster than ORT CUDA Gather", big16, lambda r: r["vs_gather"], 1.0))
         rules.append(_rule("16384 tokens fp16/bf16: faster than torch F.embedding", big16, vs_torch, 1.0))
-        rules.append(_rule("1-16 tokens: latency no worse than ORT Gather's", small, lambda r: r["vs_gather"], 1.0))
+        rules.append(_rule("1-16 tokens: latency no worse than ORT Gather's (calls alternating)", small, _small_vs_gather, 1.0))
         rules.append(_rule("1-16 tokens: latency no worse than torch's", small, vs_torch, 1.0))
     return [r for r in rules if r is not None]
 
