@@ -148,12 +148,16 @@ ort::MemType GetInputMemoryType(const OrtCustomOp*, size_t) { return ort::kDefau
 int GetVariadicMinArity(const OrtCustomOp*) { return 1; }
 int GetVariadicHomogeneity(const OrtCustomOp*) { return 1; }
 
-OrtStatus* CreateKernelV2(const OrtCustomOp*, const OrtApi* given_api, const OrtKernelInfo* info,
+OrtStatus* CreateKernelV2(const OrtCustomOp* op, const OrtApi* given_api, const OrtKernelInfo* info,
                           void** kernel) {
   const OrtApi* table = RegisteredApi() != nullptr ? RegisteredApi() : given_api;
   const ort::Api api(table);
   return GuardAbi(api, "TPEmbedding kernel creation", [&]() -> OrtStatus* {
     *kernel = nullptr;
+    const auto* descriptor = reinterpret_cast<const TPEmbeddingOp*>(op);
+    if (descriptor->check_setup != nullptr) {
+      if (OrtStatus* status = descriptor->check_setup(api)) return status;
+    }
     TPEmbeddingConfig config;
     if (OrtStatus* status = ParseConfig(api, info, &config)) return status;
     *kernel = new TPEmbeddingKernel{table, std::move(config)};

@@ -127,13 +127,16 @@ inline constexpr size_t kNumTableTypes = sizeof(kTableTypes) / sizeof(kTableType
 struct TPEmbeddingOp {
   OrtCustomOp base;
   ort::ElementType table_type;
+  // Checked when a kernel is created, before its attributes (null: nothing to check): an error
+  // status when the kernel cannot run in this process as configured (its environment variables).
+  OrtStatus* (*check_setup)(const ort::Api& api);
 };
 static_assert(std::is_standard_layout_v<TPEmbeddingOp> && offsetof(TPEmbeddingOp, base) == 0);
 
 // Fills the parts of a descriptor that are the same for every execution provider: version, name,
 // input/output types (ids dynamic, table and output `table_type`) and characteristics, memory
-// types, CreateKernelV2 (parses the config into a TPEmbeddingKernel) and KernelDestroy; every other
-// field null. The caller then sets GetExecutionProviderType and KernelComputeV2.
+// types, CreateKernelV2 (runs check_setup, then parses the config into a TPEmbeddingKernel) and
+// KernelDestroy; every other field null. The caller then sets GetExecutionProviderType and KernelComputeV2.
 void FillCommonDescriptor(TPEmbeddingOp* op, ort::ElementType table_type);
 
 }  // namespace graphbuild::plugins

@@ -244,6 +244,11 @@ const IsaChoice& Isa() {
   static const IsaChoice choice = ChooseIsa();
   return choice;
 }
+// The descriptor's check_setup: a bad GRAPHBUILD_CPU_ISA fails session creation, not each run.
+OrtStatus* CheckIsa(const ort::Api& api) {
+  const IsaChoice& isa = Isa();
+  return isa.error.empty() ? nullptr : MakeStatus(api, ort::kInvalidArgument, isa.error);
+}
 
 void RunRange(const CopyJob& job, int64_t begin, int64_t end) {
   const bool int32_ids = job.id_type == ort::kInt32;
@@ -266,8 +271,6 @@ OrtStatus* Compute(void* kernel_ptr, OrtKernelContext* context) {
   const TPEmbeddingConfig& config = kernel.config;
   const ort::Api api(kernel.api);
   return GuardAbi(api, "TPEmbedding (CPU)", [&]() -> OrtStatus* {
-    const IsaChoice& isa = Isa();
-    if (!isa.error.empty()) return MakeStatus(api, ort::kInvalidArgument, isa.error);
     LookupArgs args;
     if (OrtStatus* status = PrepareLookup(api, config, context, &args)) return status;
 
@@ -295,7 +298,7 @@ OrtStatus* Compute(void* kernel_ptr, OrtKernelContext* context) {
     const bool whole_lines = args.row_bytes % 64 == 0 && out_address % 64 == 0;
     job.rows_in_flight = whole_lines ? kRowsInFlight : 1;
     // Wider vectors need rows and output aligned to them; whole-line rows are aligned to all.
-    job.vector_bytes = whole_lines ? isa.vector_bytes : 16;
+    job.vector_bytes = whole_lines ? Isa().vector_bytes : 16;  // Valid: checked at kernel creation.
     const size_t task_bytes = job.streaming ? kStreamingBytesPerTask : kBytesPerTask;
     job.ids_per_task = static_cast<int64_t>(std::max<size_t>(1, task_bytes / args.row_bytes));
     const int64_t tasks = (args.num_ids + job.ids_per_task - 1) / job.ids_per_task;
@@ -316,6 +319,7 @@ void FillCpuDescriptor(TPEmbeddingOp* op, ort::ElementType table_type) {
   FillCommonDescriptor(op, table_type);
   op->base.GetExecutionProviderType = GetExecutionProviderType;
   op->base.KernelComputeV2 = Compute;
+  op->check_setup = CheckIsa;
 }
 
 }  // namespace graphbuild::plugins
