@@ -41,9 +41,11 @@ ROUNDS = 3  # the paths of one configuration take turns this many times
 MIN_REPEATS, MAX_REPEATS = 5, 400
 PAUSE_S = 0.003  # untimed pause after each path's block, so thread pools that spin go idle
 BUDGET_S, QUICK_BUDGET_S = 0.3, 0.08  # timed seconds per path and configuration
-# At 1 to 16 tokens TPEmbedding and ORT Gather are also timed with their calls alternating, this
-# many calls each (--repeats overrides): see measure_paired.
+# At 1 to 16 tokens TPEmbedding and ORT Gather are also timed with their calls alternating, each
+# through two sessions (the second an A/A control), this many calls per session (--repeats
+# overrides): see measure_alternating.
 PAIRED_MAX_TOKENS = 16
+ID_SHIFT_CYCLES = 16  # measure_alternating moves each path on to the next id set this often
 PAIRED_CALLS, QUICK_PAIRED_CALLS = 20000, 3000
 MEMORY_FRACTION = 0.85  # of the available RAM a configuration may plan to use
 # Host buffers of the output's size a configuration holds at most: the copy's source and target,
@@ -228,29 +230,37 @@ def measure(paths: Sequence[bench_paths.TimedPath], *, warmup: int, repeats: Opt
     return samples
 
 
-def measure_paired(first: bench_paths.TimedPath, second: bench_paths.TimedPath, calls: int) -> tuple[float, float]:
-    """Median seconds of one call of ``first`` and of ``second``, over ``calls`` calls each made in
-    turn (which of the two goes first alternates as well).
+def measure_alternating(paths: Sequence[bench_paths.TimedPath], calls: int) -> list[np.ndarray]:
+    """Seconds of each of ``calls`` calls of every path, the paths taking turns call by call in a
+    fixed cycle (so each call follows a call of the path before it in ``paths``).
 
-    For two paths of a few microseconds, as TPEmbedding and ORT Gather are at 1 to 16 tokens (nearly
+    For paths of a few microseconds, as TPEmbedding and ORT Gather are at 1 to 16 tokens (nearly
     all of it ONNX Runtime's per-call cost), the machine's state drifts by a few percent between
     the blocks that ``measure`` times, which decides the sign of a ratio this close to 1: timed in
     blocks, the ratio of the two landed anywhere in 0.94-1.12 over full runs on the development VM.
-    Alternating call by call, drift hits both alike: 0.988-1.068 over two runs of the 24 small
-    configurations (float32 at 16 tokens and 2 threads aside, where Gather wakes its pool each call).
+    Alternating call by call, drift hits them alike.
+
+    What runs just before a call matters as well: a call that follows a call of the same op finds
+    its code and branch history warm (about 2% faster here), and one that reads rows another call
+    has just read finds them in cache. So the bench cycles Gather, TPEmbedding, Gather (second
+    session), TPEmbedding (second session), and every call of either op follows one of the other;
+    and call ``i`` of path ``k`` takes id set ``i * len(paths) + k + i // ID_SHIFT_CYCLES``
+    (modulo the rotation). With the default 8 sets, no call reads rows that one of the 6 calls
+    before it read, and every path, moved on by one set every 16 cycles, reads every set alike
+    (with a fixed share of the sets per path, which sets a path got moved an A/A ratio by up to 4%).
     """
     clock = time.perf_counter
-    times: tuple[list[float], list[float]] = ([], [])
-    paths = (first, second)
+    times = [np.empty(calls) for _ in paths]
     for _ in range(min(calls, 200)):  # warm-up, in turn as well
-        first.run(0)
-        second.run(0)
+        for path in paths:
+            path.run(0)
+    count = len(paths)
     for i in range(calls):
-        for k in (0, 1) if i % 2 == 0 else (1, 0):
+        for k, path in enumerate(paths):
             start = clock()
-            paths[k].run(i)
-            times[k].append(clock() - start)
-    return float(np.median(times[0])), float(np.median(times[1]))
+            path.run(i * count + k + i // ID_SHIFT_CYCLES)
+            times[k][i] = clock() - start
+    return times
 
 
 # --------------------------------------------------------------------------------- the run
@@ -390,11 +400,27 @@ def _run_group(settings: dict[str, Any], setup: bench_paths.LookupSetup, vocab: 
     bench_report.add_ratios(group)
     by_key = {r["path"]: r for r in group}
     if tokens <= PAIRED_MAX_TOKENS and "ort_gather" in by_key and "tp_embedding" in by_key:
-        timed = {p.key: p for p in paths}
-        gather_s, ours_s = measure_paired(timed["ort_gather"], timed["tp_embedding"], settings["paired_calls"])
-        by_key["tp_embedding"]["vs_gather_paired"] = gather_s / ours_s
-        by_key["tp_embedding"]["paired_calls"] = settings["paired_calls"]
+        _time_alternating(settings, setup, id_sets, by_key["tp_embedding"])
     return group
+
+
+def _time_alternating(settings: dict[str, Any], setup: bench_paths.LookupSetup, id_sets: list[np.ndarray], ours: dict[str, Any]) -> None:
+    """Times ORT Gather and TPEmbedding with their calls alternating, each also through a second
+    session (the A/A controls) when those can be created, and adds the ratios to ``ours``:
+    ``vs_gather_paired`` (Gather's median time over TPEmbedding's, each pooled over its sessions)
+    and ``gather_control_paired``/``tp_control_paired`` (first session's over second's)."""
+    cycle = setup.alternating_paths(id_sets)
+    if not cycle:
+        return
+    times = measure_alternating(cycle, settings["paired_calls"])
+    if len(cycle) == 2:
+        ours["vs_gather_paired"] = float(np.median(times[0]) / np.median(times[1]))
+    else:
+        pooled = [np.median(np.concatenate([times[k], times[k + 2]])) for k in (0, 1)]
+        ours["vs_gather_paired"] = float(pooled[0] / pooled[1])
+        ours["gather_control_paired"] = float(np.median(times[0]) / np.median(times[2]))
+        ours["tp_control_paired"] = float(np.median(times[1]) / np.median(times[3]))
+    ours["paired_calls"] = settings["paired_calls"]
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from graphbuild.tools.common import CLIError
 #: (handing work to a pool costs more than it saves).
 PARALLEL_COPY_MIN_BYTES = 1 << 20
 _OPSET = 21
+_ORT_LABELS = {"ort_gather": "ORT Gather", "tp_embedding": "TPEmbedding full table", "tp_embedding_shard": "TPEmbedding shard 1 of 2"}
 
 
 @dataclasses.dataclass
@@ -244,8 +245,7 @@ class LookupSetup:
         """Every available path for ``len(id_sets[0])`` tokens, copy ceiling first."""
         tokens = len(id_sets[0])
         found = [self._copy_path(tokens, len(id_sets)), self._numpy_path(id_sets)]
-        labels = {"ort_gather": "ORT Gather", "tp_embedding": "TPEmbedding full table", "tp_embedding_shard": "TPEmbedding shard 1 of 2"}
-        for key, label in labels.items():
+        for key, label in _ORT_LABELS.items():
             session = self.sessions.get(key)
             if session is not None:
                 found.append(self._ort_path(key, label, session, id_sets))
@@ -326,6 +326,32 @@ class LookupSetup:
         run = lambda i: np.take(table, id_sets[i % count], axis=0)  # noqa: E731
         return TimedPath("numpy_take", "numpy take", run, run, "full")
 
+    def alternating_paths(self, id_sets: Sequence[np.ndarray]) -> list[TimedPath]:
+        """ORT Gather and TPEmbedding over the full table for timing with their calls alternating
+        (see ``measure_alternating``): Gather, TPEmbedding, then each again through a second session
+        of the same model (the A/A controls: how far two identical lookups read apart), or just the
+        first two when a second session cannot be created. All of them write into one output
+        buffer: with one buffer each, where the buffers happened to lie moved each ratio by up to 5%
+        at 16 float32 rows (which of two identical sessions read faster followed its buffer).
+        Empty when either op has no session."""
+        keys = ("ort_gather", "tp_embedding")
+        if any(self.sessions.get(key) is None for key in keys):
+            return []
+        for key in keys:
+            if f"{key}_control" not in self.sessions:
+                op, attrs = ("Gather", {}) if key == "ort_gather" else (TP_EMBEDDING, {"vocab_size": self.vocab})
+                self.sessions[f"{key}_control"] = self._session(op, self.vocab, **attrs)
+        names = [*keys, *(f"{key}_control" for key in keys)]
+        if any(self.sessions[name] is None for name in names):
+            names = list(keys)
+        out = Buffer.empty((len(id_sets[0]), self.hidden), self.dtype, self.device)
+        paths = []
+        for name in names:
+            bound = _BoundLookup(self.sessions[name], self.table_buffer, id_sets, self.hidden, self.device, out=out)
+            label = _ORT_LABELS[name.removesuffix("_control")] + (", second session" if name.endswith("_control") else "")
+            paths.append(TimedPath(name, label, bound.run, bound.result, "full"))
+        return paths
+
     def _ort_path(self, key: str, label: str, session: ort.InferenceSession, id_sets: Sequence[np.ndarray]) -> TimedPath:
         table = self.shard_buffer if key == "tp_embedding_shard" else self.table_buffer
         bound = _BoundLookup(session, table, id_sets, self.hidden, self.device)
@@ -378,15 +404,16 @@ class LookupSetup:
 
 
 class _BoundLookup:
-    """A lookup session with one IO binding per id set, all writing into one preallocated output.
+    """A lookup session with one IO binding per id set, all writing into one preallocated output
+    (its own, or ``out`` when given).
 
     Bindings hold raw addresses, so this object keeps every buffer they point into alive.
     """
 
-    def __init__(self, session: ort.InferenceSession, table: Buffer, id_sets: Sequence[np.ndarray], hidden: int, device: str) -> None:
+    def __init__(self, session: ort.InferenceSession, table: Buffer, id_sets: Sequence[np.ndarray], hidden: int, device: str, out: Optional[Buffer] = None) -> None:
         self.session = session
         self.table = table
-        self.out = Buffer.empty((len(id_sets[0]), hidden), table.dtype, device)
+        self.out = out if out is not None else Buffer.empty((len(id_sets[0]), hidden), table.dtype, device)
         self.ids = [Buffer(ids, dtypes.int64, device) for ids in id_sets]
         self.bindings = []
         for id_buffer in self.ids:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
+from graphbuild import dtypes
 from graphbuild.runtime.session import CUDA, cuda_device_count
 from graphbuild.tools import bench_cmd, bench_paths, bench_report
 from graphbuild.tools.cli import main, make_parser
@@ -54,15 +56,20 @@ def test_tiny_run_prints_checked_table_and_json(tmp_path, capsys):
             assert r["vs_copy"] == pytest.approx(copy["ms"] / r["ms"])
             assert r["check"] == ("-" if r["path"] == "copy" else "ok")
         ours = rows["tp_embedding"]
+        alternating = ("vs_gather_paired", "gather_control_paired", "tp_control_paired")
         if group[1] <= bench_cmd.PAIRED_MAX_TOKENS:  # also timed with calls alternating (--repeats of them)
-            assert ours["paired_calls"] == 3 and 0 < ours["vs_gather_paired"] < 100
+            assert ours["paired_calls"] == 3 and all(0 < ours[key] < 100 for key in alternating)
         else:
-            assert "vs_gather_paired" not in ours
+            assert not any(key in ours for key in alternating)
     (target,) = doc["targets"]
-    assert target["target"] == "1-16 tokens: latency no worse than ORT Gather's (calls alternating, ratio >= 1.00)"
+    spread = bench_report.control_spread(results)
+    assert spread is not None and target["control_spread"] == round(spread, 4)
+    assert target["minimum"] == max(0.98, math.floor(1000 / (1 + spread)) / 1000)
+    assert target["target"].startswith(f"1-16 tokens: latency no worse than ORT Gather's (calls alternating, ratio >= {target['minimum']:.3f}")
     paired = [r["vs_gather_paired"] for r in results if "vs_gather_paired" in r]
     assert target["total"] == 4 and target["worst"] == round(min(paired), 3)
-    assert "TPEmbedding vs ORT Gather, calls alternating (3 each)" in printed
+    assert target["at_least_1"] == sum(1 for p in paired if p >= 1.0)
+    assert "calls alternating (3 each): TPEmbedding vs ORT Gather" in printed and "A/A, second session vs first" in printed
     assert "TPEmbedding shard 1 of 2" in printed and "vs Gather" in printed and "Kernel targets" in printed
     assert f"vocab {VOCAB} x hidden {HIDDEN}, bfloat16" in printed
 
@@ -76,26 +83,64 @@ def test_quick_and_filters_choose_the_plan():
     assert full["dtype"] == ("float32", "float16", "bfloat16") and full["threads"][0] == 1 and len(full["threads"]) <= 2
 
 
-def test_paired_timing_alternates_calls_and_which_goes_first():
+def test_alternating_timing_cycles_the_paths_and_moves_each_over_every_id_set():
     order = []
-    first = bench_paths.TimedPath("a", "A", lambda i: order.append(("a", i)), lambda i: None, None)
-    second = bench_paths.TimedPath("b", "B", lambda i: order.append(("b", i)), lambda i: None, None)
-    a_s, b_s = bench_cmd.measure_paired(first, second, 5)
-    timed = order[-10:]  # after 5 warm-up pairs
-    assert timed == [("a", 0), ("b", 0), ("b", 1), ("a", 1), ("a", 2), ("b", 2), ("b", 3), ("a", 3), ("a", 4), ("b", 4)]
-    assert order[:10] == [("a", 0), ("b", 0)] * 5 and a_s >= 0 and b_s >= 0
+    paths = [bench_paths.TimedPath(key, key, lambda i, key=key: order.append((key, i)), lambda i: None, None) for key in "abcd"]
+    times = bench_cmd.measure_alternating(paths, 64)
+    warmup, timed = order[:256], order[256:]
+    assert warmup == [(key, 0) for key in "abcd"] * 64
+    assert [key for key, _ in timed] == list("abcd") * 64  # each call follows the path before it
+    shift = bench_cmd.ID_SHIFT_CYCLES
+    assert [i for _, i in timed[:8]] == [0, 1, 2, 3, 4, 5, 6, 7]
+    assert [i for _, i in timed[4 * shift : 4 * shift + 4]] == [4 * shift + 1 + k for k in range(4)]
+    for key in "abcd":  # 4 paths, 8 sets: over 4 x 16 cycles every path reads all of them
+        assert {i % 8 for k, i in timed[: 4 * 4 * shift] if k == key} == set(range(8))
+    assert len(times) == 4 and all(t.shape == (64,) and (t >= 0).all() for t in times)
 
 
-def test_small_token_target_is_scored_on_the_paired_ratio():
-    def result(tokens, vs_gather, paired=None):
+def test_alternating_paths_share_one_output_and_each_looks_up_the_right_rows(rng):
+    table = rng.standard_normal((50, 8)).astype(np.float32)
+    id_sets = [rng.integers(0, 50, size=3) for _ in range(4)]
+    setup = bench_paths.LookupSetup(table, dtypes.float32, 1, "cpu", engine_dir=None, use_torch=False)
+    try:
+        paths = setup.alternating_paths(id_sets)
+        assert [p.key for p in paths] == ["ort_gather", "tp_embedding", "ort_gather_control", "tp_embedding_control"]
+        assert paths[3].label == "TPEmbedding full table, second session"
+        assert len({id(path.run.__self__.out) for path in paths}) == 1
+        for n, path in enumerate(paths):
+            # Each writes the shared buffer; the result read right after its own call is its rows.
+            assert np.array_equal(path.result(n), table[id_sets[n % 4]])
+    finally:
+        setup.close()
+
+
+def test_small_token_target_is_scored_on_the_paired_ratio_against_the_a_a_spread():
+    def result(tokens, vs_gather, paired=None, controls=None):
         row = {"path": "tp_embedding", "vocab": 100, "dtype": "float32", "tokens": tokens, "threads": 1, "vs_gather": vs_gather, "vs_copy": 1.0}
         if paired is not None:
             row["vs_gather_paired"] = paired
+        if controls is not None:
+            row["gather_control_paired"], row["tp_control_paired"] = controls
         return row
 
-    targets = bench_report.evaluate_targets([result(1, 0.97, paired=1.01), result(16, 0.99, paired=0.995), result(16, 1.02)], "cpu")
-    (small,) = [t for t in targets if t["target"].startswith("1-16 tokens")]
-    assert (small["met"], small["total"], small["worst"]) == (2, 3, 0.995)
+    def small(rows):
+        (rule,) = [t for t in bench_report.evaluate_targets(rows, "cpu") if t["target"].startswith("1-16 tokens")]
+        return rule
+
+    # Without A/A controls the bar is 1.00.
+    rule = small([result(1, 0.97, paired=1.01), result(16, 0.99, paired=0.995), result(16, 1.02)])
+    assert (rule["met"], rule["total"], rule["worst"], rule["minimum"]) == (2, 3, 0.995, 1.0)
+    # Widest control 0.9915 (0.86% apart): the bar is 0.9915, floored to 0.991; 0.985 misses it.
+    rows = [result(1, 0.9, paired=0.992, controls=(1.005, 0.9915)), result(16, 1.1, paired=0.985, controls=(1.0, 1.002)), result(1, 1.0, paired=1.01, controls=(1.0, 1.0))]
+    rule = small(rows)
+    assert rule["minimum"] == 0.991 and rule["control_spread"] == round(1 / 0.9915 - 1, 4)
+    assert (rule["met"], rule["total"], rule["worst"], rule["at_least_1"]) == (2, 3, 0.985, 1)
+    assert "ratio >= 0.991: A/A sessions read up to 0.9% apart" in rule["target"]
+    # A control 10% apart is a noisy run: the bar stops at 1 / 1.02.
+    rule = small([result(1, 1.0, paired=0.975, controls=(0.9, 1.0)), result(16, 1.0, paired=0.981, controls=(1.0, 1.0))])
+    assert rule["minimum"] == 0.98 and (rule["met"], rule["total"]) == (1, 2)
+    text = bench_report.format_targets([rule], "cpu")
+    assert "MISSED" in text and "1 at 1.00 or more" not in text and "0 at 1.00 or more" in text
 
 
 def test_correctness_check_compares_with_numpy(rng):
