@@ -410,17 +410,26 @@ def _time_alternating(settings: dict[str, Any], setup: bench_paths.LookupSetup, 
     ``vs_gather_paired`` (Gather's median time over TPEmbedding's, each pooled over its sessions)
     and ``gather_control_paired``/``tp_control_paired`` (first session's over second's)."""
     cycle = setup.alternating_paths(id_sets)
-    if not cycle:
-        return
-    times = measure_alternating(cycle, settings["paired_calls"])
-    if len(cycle) == 2:
-        ours["vs_gather_paired"] = float(np.median(times[0]) / np.median(times[1]))
-    else:
-        pooled = [np.median(np.concatenate([times[k], times[k + 2]])) for k in (0, 1)]
-        ours["vs_gather_paired"] = float(pooled[0] / pooled[1])
-        ours["gather_control_paired"] = float(np.median(times[0]) / np.median(times[2]))
-        ours["tp_control_paired"] = float(np.median(times[1]) / np.median(times[3]))
-    ours["paired_calls"] = settings["paired_calls"]
+    if cycle:
+        ours.update(alternating_ratios(measure_alternating(cycle, settings["paired_calls"])))
+        ours["paired_calls"] = settings["paired_calls"]
+
+
+def alternating_ratios(times: Sequence[np.ndarray]) -> dict[str, float]:
+    """The ratios of ``measure_alternating``'s times for the cycle Gather, TPEmbedding (and their
+    second sessions): ``vs_gather_paired`` is Gather's median time over TPEmbedding's, each median
+    over all of that op's calls; ``gather_control_paired`` and ``tp_control_paired`` are one op's
+    first session's median over its second's."""
+    def median(*parts: np.ndarray) -> float:
+        return float(np.median(np.concatenate(parts)))
+
+    if len(times) == 2:
+        return {"vs_gather_paired": median(times[0]) / median(times[1])}
+    return {
+        "vs_gather_paired": median(times[0], times[2]) / median(times[1], times[3]),
+        "gather_control_paired": median(times[0]) / median(times[2]),
+        "tp_control_paired": median(times[1]) / median(times[3]),
+    }
 
 
 if __name__ == "__main__":

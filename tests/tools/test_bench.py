@@ -98,6 +98,15 @@ def test_alternating_timing_cycles_the_paths_and_moves_each_over_every_id_set():
     assert len(times) == 4 and all(t.shape == (64,) and (t >= 0).all() for t in times)
 
 
+def test_alternating_ratios_pool_each_ops_sessions_and_compare_its_two_sessions():
+    gather, tp = np.array([1.0, 1.0, 9.0]), np.array([2.0, 2.0, 9.0])
+    gather2, tp2 = np.array([4.0, 4.0, 4.0]), np.array([1.0, 8.0, 8.0])
+    ratios = bench_cmd.alternating_ratios([gather, tp, gather2, tp2])
+    # Pooled medians: Gather's of [1, 1, 9, 4, 4, 4] is 4, TPEmbedding's of [2, 2, 9, 1, 8, 8] is 5.
+    assert ratios == {"vs_gather_paired": 4 / 5, "gather_control_paired": 1 / 4, "tp_control_paired": 2 / 8}
+    assert bench_cmd.alternating_ratios([gather, tp]) == {"vs_gather_paired": 1 / 2}
+
+
 def test_alternating_paths_share_one_output_and_each_looks_up_the_right_rows(rng):
     table = rng.standard_normal((50, 8)).astype(np.float32)
     id_sets = [rng.integers(0, 50, size=3) for _ in range(4)]
