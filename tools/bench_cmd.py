@@ -400,19 +400,12 @@ def _run_group(settings: dict[str, Any], setup: bench_paths.LookupSetup, vocab: 
     bench_report.add_ratios(group)
     by_key = {r["path"]: r for r in group}
     if tokens <= PAIRED_MAX_TOKENS and "ort_gather" in by_key and "tp_embedding" in by_key:
-        _time_alternating(settings, setup, id_sets, by_key["tp_embedding"])
+        cycle = setup.alternating_paths(id_sets)  # Gather, TPEmbedding and their second sessions
+        if cycle:
+            ours = by_key["tp_embedding"]
+            ours.update(alternating_ratios(measure_alternating(cycle, settings["paired_calls"])))
+            ours["paired_calls"] = settings["paired_calls"]
     return group
-
-
-def _time_alternating(settings: dict[str, Any], setup: bench_paths.LookupSetup, id_sets: list[np.ndarray], ours: dict[str, Any]) -> None:
-    """Times ORT Gather and TPEmbedding with their calls alternating, each also through a second
-    session (the A/A controls) when those can be created, and adds the ratios to ``ours``:
-    ``vs_gather_paired`` (Gather's median time over TPEmbedding's, each pooled over its sessions)
-    and ``gather_control_paired``/``tp_control_paired`` (first session's over second's)."""
-    cycle = setup.alternating_paths(id_sets)
-    if cycle:
-        ours.update(alternating_ratios(measure_alternating(cycle, settings["paired_calls"])))
-        ours["paired_calls"] = settings["paired_calls"]
 
 
 def alternating_ratios(times: Sequence[np.ndarray]) -> dict[str, float]:
