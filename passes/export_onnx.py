@@ -51,19 +51,30 @@ def _runtime_loads(opset: int) -> bool:
     return True
 
 
+@functools.cache
+def supported_opsets() -> range:
+    """The standard opsets graphbuild exports here: from ``MIN_OPSET`` to the newest that both the
+    installed onnx knows and the installed ONNX Runtime loads (the one source of that range)."""
+    newest = onnx.defs.onnx_opset_version()
+    while newest > DEFAULT_OPSET and not _runtime_loads(newest):
+        newest -= 1
+    return range(MIN_OPSET, newest + 1)
+
+
 def check_opset(opset: int) -> None:
-    """Refuses opsets graphbuild cannot lower to, or that the installed ONNX Runtime cannot load.
+    """Refuses opsets outside ``supported_opsets()``.
 
     Raises:
-        ExportError: naming the opset and the range that works.
+        ExportError: naming the opset and the range that works with the installed onnx and ONNX Runtime.
     """
-    newest = onnx.defs.onnx_opset_version()
-    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
-        raise ExportError(f"opset {opset!r} is not supported: graphbuild exports standard ONNX opsets {MIN_OPSET} to {newest} (default {DEFAULT_OPSET})")
-    if opset > DEFAULT_OPSET and not _runtime_loads(opset):
+    supported = supported_opsets()
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset not in supported:
         import onnxruntime as ort
 
-        raise ExportError(f"opset {opset} is newer than ONNX Runtime {ort.__version__} can load; choose an opset from {MIN_OPSET} to {DEFAULT_OPSET}, or upgrade onnxruntime")
+        raise ExportError(
+            f"opset {opset!r} is not supported: graphbuild exports standard ONNX opsets {supported.start} to {supported.stop - 1} "
+            f"(default {DEFAULT_OPSET}) with the installed onnx {onnx.__version__} and ONNX Runtime {ort.__version__}"
+        )
 
 
 @dataclasses.dataclass

@@ -3,7 +3,8 @@
 Prints the engine's name, format, tp_size, inputs and outputs, a per-rank table (segments,
 collectives, ONNX nodes, weight bytes, graphbuild ops by count), each rank's ordered steps, the
 custom ops it needs, and every file with its checksum status. Exits non-zero, naming the bad files,
-when any file is missing, truncated or tampered with. Nothing is loaded into ONNX Runtime.
+when any file is missing, truncated or tampered with. Nothing is loaded into ONNX Runtime. Names
+from the manifest are printed with control characters escaped.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 from collections import Counter
 from typing import Any
 
-from graphbuild.tools.common import CLIError, format_bytes, format_counts, format_shape, format_table
+from graphbuild.tools.common import CLIError, format_bytes, format_counts, format_shape, format_table, printable
 
 
 def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -65,9 +66,9 @@ def _step_lines(rank: dict[str, Any]) -> list[str]:
 
 def describe(manifest: dict[str, Any], path: str, checks: list[tuple[str, str]]) -> str:
     """The text ``graphbuild inspect`` prints."""
-    custom = ", ".join(f"{op['domain']}::{op['op_type']} (since version {op.get('since_version', '?')})" for op in manifest["custom_ops"])
+    custom = printable(", ".join(f"{op['domain']}::{op['op_type']} (since version {op.get('since_version', '?')})" for op in manifest["custom_ops"]))
     lines = [
-        f"engine '{manifest['name']}' at {path}",
+        f"engine '{printable(manifest['name'])}' at {printable(path)}",
         f"  format      {manifest['format']} v{manifest['format_version']} (graphbuild {manifest.get('graphbuild_version', '?')}), opset {manifest.get('opset', '?')}",
         f"  tp_size     {manifest['tp_size']}, tp_group {manifest.get('tp_group', '?')}",
         f"  custom ops  {custom or 'none (standard ONNX only)'}",
@@ -81,7 +82,7 @@ def describe(manifest: dict[str, Any], path: str, checks: list[tuple[str, str]])
         format_table(["rank", "segments", "collectives", "onnx nodes", "weight bytes", "nodes by op"], _rank_rows(manifest)),
     ]
     for rank in manifest["ranks"]:
-        lines += ["", f"rank {rank.get('rank', '?')} steps"] + _step_lines(rank)
+        lines += ["", f"rank {printable(rank.get('rank', '?'))} steps"] + _step_lines(rank)
     files = manifest["files"]
     total = sum(int(entry.get("bytes", 0)) for entry in files.values())
     status = dict(checks)
@@ -107,5 +108,5 @@ def run_inspect(args: argparse.Namespace) -> int:
         print(describe(manifest, args.engine, checks))
     bad = [f"{rel} ({state})" for rel, state in checks if state != "ok"]
     if bad:
-        raise CLIError(f"engine '{args.engine}' failed verification: {', '.join(bad)}; rebuild it")
+        raise CLIError(f"engine '{printable(args.engine)}' failed verification: {printable(', '.join(bad))}; rebuild it")
     return 0
