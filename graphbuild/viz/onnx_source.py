@@ -85,7 +85,7 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return out
 
 
-def _initializer_bytes(tensor: onnx.TensorProto) -> int:
+def initializer_bytes(tensor: onnx.TensorProto) -> int:
     for entry in tensor.external_data:
         if entry.key == "length":
             return int(entry.value)
@@ -131,7 +131,7 @@ class _RankReader:
             for value in node.input:
                 if value in inits:
                     tensor = inits[value]
-                    size = _initializer_bytes(tensor)
+                    size = initializer_bytes(tensor)
                     weights.append(weight_entry(value, _dtype_name(tensor.data_type), list(tensor.dims), size))
             for weight in weights:
                 self.dtype_bytes[weight["dtype"]] = self.dtype_bytes.get(weight["dtype"], 0) + weight["bytes"]
@@ -147,11 +147,11 @@ class _RankReader:
             for value in node.output:
                 self.producer[value] = node_id
             ids.append(node_id)
-        self.weight_bytes += sum(_initializer_bytes(t) for t in inits.values())
+        self.weight_bytes += sum(initializer_bytes(t) for t in inits.values())
         return ids
 
 
-def _load(path: Path) -> onnx.ModelProto:
+def load_model(path: Path) -> onnx.ModelProto:
     try:
         return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError and friends
@@ -160,7 +160,7 @@ def _load(path: Path) -> onnx.ModelProto:
 
 def from_segment_file(path: Path) -> GraphModel:
     """One segment ``.onnx`` (or any ONNX model) on its own: its inputs, nodes and outputs."""
-    onnx_model = _load(path)
+    onnx_model = load_model(path)
     opset = next((o.version for o in onnx_model.opset_import if o.domain in ("", "ai.onnx")), None)
     model = GraphModel({"name": onnx_model.graph.name or path.stem, "kind": "segment", "tp_size": "?", "dtype": "-", "opset": opset,
                         "weight_bytes": 0, "files": [{"path": path.name, "bytes": _file_bytes(path)}]})
@@ -219,7 +219,7 @@ def from_engine_dir(path: Path) -> GraphModel:
         loaded = {}
         for step in rank_entry["steps"]:
             if step["kind"] == "segment":
-                loaded[step["file"]] = onnx_model = _load(resolve_inside(path, step["file"], what="segment file"))
+                loaded[step["file"]] = onnx_model = load_model(resolve_inside(path, step["file"], what="segment file"))
                 reader.types.update(tensor_types(onnx_model))
         for spec in manifest["inputs"]:
             reader.types.setdefault(spec["name"], (spec["dtype"], list(spec["shape"])))

@@ -283,14 +283,14 @@
   function runSearch(query) {
     const q = query.trim().toLowerCase(); matches = new Set(); found = []; results.textContent = "";
     if (!q) { results.style.display = "none"; redraw(); return; }
-    nodes.forEach(function (n) { if (n.name.toLowerCase().indexOf(q) >= 0) { found.push({ node: n, label: n.name, kind: n.op + (n.rank !== null ? " rank " + n.rank : "") }); matches.add(n); } });
+    nodes.forEach(function (n) { if (n.name.toLowerCase().indexOf(q) >= 0) { found.push({ node: n, match: "node", label: n.name, kind: n.op + (n.rank !== null ? " rank " + n.rank : "") }); matches.add(n); } });
     const seen = new Set();
     edges.forEach(function (e) {
       if (e.tensor.toLowerCase().indexOf(q) < 0 || seen.has(e.source)) return;
-      seen.add(e.source); found.push({ node: e.from, label: e.tensor, kind: "tensor from " + e.from.name }); matches.add(e.from);
+      seen.add(e.source); found.push({ node: e.from, match: "tensor", label: e.tensor, kind: "tensor from " + e.from.name }); matches.add(e.from);
     });
     found.slice(0, 200).forEach(function (f, i) {
-      const item = el("div", { "data-node": f.node.id }, f.label); item.appendChild(el("span", { class: "kind" }, f.kind));
+      const item = el("div", { "data-node": f.node.id, "data-match": f.match }, f.label); item.appendChild(el("span", { class: "kind" }, f.kind));
       if (i === 0) item.className = "active";
       item.addEventListener("click", function () { reveal(f.node); }); results.appendChild(item);
     });

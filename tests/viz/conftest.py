@@ -39,6 +39,16 @@ def gpt_nets(tp_size: int, n_layer: int = 1):
     return [gpt.make_network(model, f"gpt.rank{rank}") for rank, model in enumerate(models)]
 
 
+def gpt_of_about(nodes: int):
+    """A logical GPT decoder (tp_size 1, unset weights) with about ``nodes`` nodes."""
+    one, two = (len(gpt_nets(1, n)[0].nodes) for n in (1, 2))
+    n_layer = max(1, round((nodes - (2 * one - two)) / (two - one)))
+    gpt = load_example("gpt_tp")
+    with layers.no_init():
+        model = gpt.GPT(gpt.GPTConfig(vocab_size=50, n_positions=16, n_embd=8, n_layer=n_layer, n_head=2))
+    return gpt.make_network(model, f"gpt{n_layer}")
+
+
 def _debian() -> bool:
     return sys.platform.startswith("linux") and os.path.exists("/etc/debian_version")
 
