@@ -1,7 +1,9 @@
-"""Running engines: ONNX Runtime sessions, OrtValue conversion, feed checks, the local executor."""
+"""Running engines: schedules, executors, ONNX Runtime sessions, OrtValue conversion, feed checks."""
 
 from graphbuild.runtime.executor import LocalExecutor
 from graphbuild.runtime.feeds import validate_feeds
+from graphbuild.runtime.protocol import Executor, ExecutorRequest
+from graphbuild.runtime.schedule import CollectiveStep, RankSchedule, Schedule, SegmentStep
 from graphbuild.runtime.session import default_providers
 
-__all__ = ["LocalExecutor", "default_providers", "validate_feeds"]
+__all__ = ["CollectiveStep", "Executor", "ExecutorRequest", "LocalExecutor", "RankSchedule", "Schedule", "SegmentStep", "default_providers", "validate_feeds"]
