@@ -116,8 +116,13 @@ def rebuild_error(name: str, message: str) -> GraphBuildError:
     kind = getattr(errors, name, None)
     if not (isinstance(kind, type) and issubclass(kind, GraphBuildError)):
         kind = {cls.__name__: cls for cls in (MPIError, MPIUnavailableError)}.get(name, ExecutionError)
-    error = kind(message)
-    error.shared_by_ranks = True  # every rank raises it: the CLI exits instead of aborting the job
+    return raised_everywhere(kind(message))
+
+
+def raised_everywhere(error: GraphBuildError) -> GraphBuildError:
+    """Marks ``error`` as one every rank raises (it was agreed, or every rank found it alike): the
+    CLI then exits with it instead of aborting the job."""
+    error.shared_by_ranks = True  # type: ignore[attr-defined]
     return error
 
 

@@ -40,7 +40,7 @@ from graphbuild.engine.manifest import TensorSpec
 from graphbuild.errors import EngineError
 from graphbuild.runtime.collectives import SessionCache
 from graphbuild.runtime.feeds import validate_feeds
-from graphbuild.runtime.mpi_env import MPIError, Watchdog, agree, describe_error, import_mpi, rebuild_error, signatures_differ
+from graphbuild.runtime.mpi_env import MPIError, Watchdog, agree, describe_error, import_mpi, raised_everywhere, rebuild_error, signatures_differ
 from graphbuild.runtime.mpi_plan import GroupComm, RankPlan
 from graphbuild.runtime.nccl_collectives import import_nccl, nccl_communicator
 from graphbuild.runtime.ortvalues import device_of
@@ -67,21 +67,21 @@ def engine_communicator(mpi: Any, schedule: Schedule, manifest: Any, *, comm: An
     where = f"engine '{schedule.name}' (tp_size {size})"
     if comm is not None:
         if comm.Get_size() != size:
-            raise MPIError(f"{where}: the communicator given has {comm.Get_size()} processes; it needs exactly {size}")
+            raise raised_everywhere(MPIError(f"{where}: the communicator given has {comm.Get_size()} processes; it needs exactly {size}"))
         return comm.Dup()
     if world_ranks is not None:
         ranks = list(_get(manifest, "tp_group", range(size))) if world_ranks == "tp_group" else [int(r) for r in world_ranks]
         if len(ranks) != size or len(set(ranks)) != size or not all(0 <= r < world.Get_size() for r in ranks):
-            raise MPIError(f"{where}: world_ranks {ranks} must name {size} distinct ranks of the world of {world.Get_size()} processes")
+            raise raised_everywhere(MPIError(f"{where}: world_ranks {ranks} must name {size} distinct ranks of the world of {world.Get_size()} processes"))
         if world.Get_rank() not in ranks:
             raise MPIError(f"{where}: world rank {world.Get_rank()} is not one of its world_ranks {ranks}; load the engine only on those")
         return world.Create_group(world.Get_group().Incl(ranks), tag=7411)
     if replicas < 1 or world.Get_size() != size * replicas:
         copies = f" x {replicas} replicas" if replicas != 1 else ""
-        raise MPIError(
+        raise raised_everywhere(MPIError(
             f"{where}: mpiexec started {world.Get_size()} processes but the engine has {size} ranks{copies}; "
             f"run it with mpiexec -n {size * max(replicas, 1)}"
-        )
+        ))
     if replicas == 1:
         return world.Dup()
     return world.Split(color=world.Get_rank() // size, key=world.Get_rank() % size)
@@ -140,7 +140,7 @@ class MPIExecutor:
         self._raise_first([outcome for outcome, _ in identities])
         differ = signatures_differ([ident for _, ident in identities])
         if differ:
-            raise MPIError(f"{where}: rank(s) {differ} loaded an engine whose config.json differs from rank 0's; every host must see the same engine directory")
+            raise raised_everywhere(MPIError(f"{where}: rank(s) {differ} loaded an engine whose config.json differs from rank 0's; every host must see the same engine directory"))
         self._groups = self._make_groups()
         self._plans: collections.OrderedDict[tuple[Any, ...], RankPlan] = collections.OrderedDict()
         self._lock = threading.Lock()
@@ -194,7 +194,7 @@ class MPIExecutor:
 
         Raises:
             InputError: bad feeds on some rank (its message, on every rank).
-            MPIError: rank 0 gave no feeds, or ranks gave feeds of different shapes.
+            MPIError: rank 0 gave no feeds, or ranks gave feeds of different shapes.)
         """
         arrays: Optional[dict[str, np.ndarray]] = None
         if error is None and feeds:
@@ -208,10 +208,10 @@ class MPIExecutor:
         self._raise_first([outcome for outcome, _ in states])
         keys = [k for _, k in states]
         if keys[0] is None:
-            raise MPIError(f"{self._owner}: rank 0 gave no feeds; give them on rank 0 (the others may pass None) or on every rank")
+            raise raised_everywhere(MPIError(f"{self._owner}: rank 0 gave no feeds; give them on rank 0 (the others may pass None) or on every rank"))
         differ = [rank for rank, k in enumerate(keys) if k is not None and k != keys[0]]
         if differ:
-            raise MPIError(f"{self._owner}: the feeds of rank(s) {differ} differ in shape or dtype from rank 0's {[(n, s) for n, _, s in keys[0]]}")
+            raise raised_everywhere(MPIError(f"{self._owner}: the feeds of rank(s) {differ} differ in shape or dtype from rank 0's {[(n, s) for n, _, s in keys[0]]}"))
         if any(k is None for k in keys):
             with self.watchdog.waiting("broadcasting the feeds"):
                 shared = self.comm.bcast(arrays if self.rank == 0 else None, root=0)
