@@ -2,7 +2,8 @@
 
 With the CUDA execution provider the executor's tensors are ``OrtValue``s in device memory.
 
-- **NCCL** (``cupy.cuda.nccl``, CuPy's binding of NVIDIA's library, when importable): one NCCL
+- **NCCL** (``cupy.cuda.nccl``, CuPy's binding of NVIDIA's library, when importable and
+  ``GRAPHBUILD_NCCL`` is not ``0``): one NCCL
   communicator per MPI group communicator, made once per engine; the NCCL unique id is created by
   the group's first member and broadcast over MPI. The payload never leaves the GPU:
 
@@ -23,6 +24,7 @@ With the CUDA execution provider the executor's tensors are ``OrtValue``s in dev
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any, Optional, Sequence
 
@@ -31,7 +33,7 @@ import onnxruntime as ort
 
 from graphbuild import dtypes
 from graphbuild.runtime.collectives import HostCopy, SessionCache, allgather_model, allreduce_model
-from graphbuild.runtime.mpi_collectives import NATIVE_SUM, host_collective
+from graphbuild.runtime.mpi_collectives import host_collective
 from graphbuild.runtime.ortvalues import allocate, write_into
 from graphbuild.runtime.schedule import CollectiveStep
 
@@ -39,7 +41,10 @@ _warned = False
 
 
 def import_nccl() -> Optional[Any]:
-    """``cupy.cuda.nccl`` when CuPy with NCCL support is installed, else None."""
+    """``cupy.cuda.nccl`` when CuPy with NCCL support is installed (and ``GRAPHBUILD_NCCL`` is not
+    ``0``), else None."""
+    if os.environ.get("GRAPHBUILD_NCCL", "1") == "0":
+        return None
     try:
         from cupy.cuda import nccl
     except Exception:  # ImportError, or CuPy failing to find its CUDA libraries
@@ -52,10 +57,6 @@ def nccl_communicator(nccl: Any, comm: Any) -> Any:
     unique_id = nccl.get_unique_id() if comm.Get_rank() == 0 else None
     unique_id = comm.bcast(unique_id, root=0)
     return nccl.NcclCommunicator(comm.Get_size(), unique_id, comm.Get_rank())
-
-
-def _nbytes(value: ort.OrtValue) -> int:
-    return int(np.prod(value.shape(), dtype=np.int64)) * dtypes.from_onnx(value.element_type()).numpy.itemsize
 
 
 _NCCL_SUM_TYPES = {np.dtype(np.float32): "NCCL_FLOAT32", np.dtype(np.float64): "NCCL_FLOAT64", np.dtype(np.int32): "NCCL_INT32", np.dtype(np.int64): "NCCL_INT64"}
@@ -172,4 +173,4 @@ def device_collective(comm: Any, mpi: Any, nccl_state: Optional[tuple[Any, Any, 
     return StagedCollective(comm, mpi, step, source, target, shapes, sessions)
 
 
-__all__ = ["NATIVE_SUM", "NcclCollective", "StagedCollective", "device_collective", "import_nccl", "nccl_communicator"]
+__all__ = ["NcclCollective", "StagedCollective", "device_collective", "import_nccl", "nccl_communicator"]

@@ -54,6 +54,8 @@ def _run(spec: dict, world_rank: int) -> None:
         arrays.update({f"second/{k}": v for k, v in second.items()})
         for r, outputs in enumerate(every):
             arrays.update({f"all{r}/{k}": v for k, v in outputs.items()})
+        arrays["meta/device"] = np.array(engine.executor.device)
+        arrays["meta/nccl"] = np.array(engine.executor.nccl)
         arrays = {k: (v.astype(np.float32) if v.dtype.kind == "V" or v.dtype.name == "bfloat16" else v) for k, v in arrays.items()}
         np.savez(f"{job['out']}.rank{world_rank}.npz", **arrays)
 
