@@ -121,15 +121,19 @@ class HostAllreduce:
         self.comm, self.mpi, self.source, self.target = comm, mpi, source, target
         size = comm.Get_size()
         self.native = size == 2 and source.dtype in NATIVE_SUM
+        self.single = size == 1
         self.scratch = None if size == 1 or self.native else np.empty((size,) + source.shape, source.dtype)
+        # mpi4py buffer specifications, made once: a call only hands them over
+        self.send = [_bytes(source), mpi.BYTE]
+        self.receive = [_bytes(self.scratch), mpi.BYTE] if self.scratch is not None else None
 
     def run(self) -> None:
-        if self.comm.Get_size() == 1:
+        if self.single:
             np.copyto(self.target, self.source)
         elif self.native:
             self.comm.Allreduce(self.source, self.target, op=self.mpi.SUM)
         else:
-            self.comm.Allgather([_bytes(self.source), self.mpi.BYTE], [_bytes(self.scratch), self.mpi.BYTE])
+            self.comm.Allgather(self.send, self.receive)
             ordered_sum(self.scratch, self.target)
 
 
@@ -158,14 +162,16 @@ class HostAllgather:
         else:
             self.scratch = np.empty(sum(self.counts), np.uint8)
             self.blocks = [self.scratch[d : d + c].view(source.dtype).reshape(shape) for d, c, shape in zip(self.displacements, self.counts, shapes)]
+        receive = _bytes(target) if self.direct else self.scratch
+        # mpi4py buffer specifications, made once: a call only hands them over
+        self.send = [_bytes(source), mpi.BYTE]
+        self.receive = [receive, mpi.BYTE] if self.even else [receive, self.counts, self.displacements, mpi.BYTE]
 
     def run(self) -> None:
-        receive = _bytes(self.target) if self.direct else self.scratch
-        send = [_bytes(self.source), self.mpi.BYTE]
         if self.even:
-            self.comm.Allgather(send, [receive, self.mpi.BYTE])
+            self.comm.Allgather(self.send, self.receive)
         else:
-            self.comm.Allgatherv(send, [receive, self.counts, self.displacements, self.mpi.BYTE])
+            self.comm.Allgatherv(self.send, self.receive)
         if not self.direct:
             np.concatenate(self.blocks, axis=self.axis, out=self.target)
 
