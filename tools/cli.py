@@ -1,4 +1,4 @@
-"""The ``graphbuild`` command line: ``build``, ``run``, ``inspect`` and ``bench``.
+"""The ``graphbuild`` command line: ``build``, ``run``, ``inspect``, ``bench`` and ``viz``.
 
     graphbuild build examples/embedding_tp.py:make_network -o out/emb --tp-size 2
     graphbuild run out/emb --input input_ids=1,2,3 --output out.npz
@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 
 import graphbuild
 from graphbuild.errors import GraphBuildError
-from graphbuild.tools import bench_cmd, build_cmd, inspect_cmd, run_cmd
+from graphbuild.tools import bench_cmd, build_cmd, inspect_cmd, run_cmd, viz_cmd
 from graphbuild.tools.common import printable
 
 PROG = "graphbuild"
@@ -35,7 +35,7 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool stopped
 
 #: The subcommands in the order ``--help`` lists them: each module has ``add_parser(subparsers, parents)``
 #: that registers its parser with ``handler=`` set to the function running it.
-SUBCOMMANDS: list[ModuleType] = [build_cmd, run_cmd, inspect_cmd, bench_cmd]
+SUBCOMMANDS: list[ModuleType] = [build_cmd, run_cmd, inspect_cmd, bench_cmd, viz_cmd]
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 

@@ -17,18 +17,21 @@ Names from the engine are printed with control characters escaped.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
+import re
 import time
 import zipfile
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from graphbuild import dtypes
+from graphbuild.runtime.mpi_cli import run_under_mpi, wants_mpi
 from graphbuild.tools.common import CLIError, format_shape, printable, write_atomically
 from graphbuild.tools.random_inputs import parse_input_shapes, random_feeds, vocabulary_bounds
 
@@ -69,6 +72,10 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of --random-inputs (default 0)")
     parser.add_argument("--providers", metavar="LIST", help="ONNX Runtime execution providers in order of preference, comma-separated: cpu, cuda or full names such as CUDAExecutionProvider (default: CUDA when present, else CPU)")
     parser.add_argument("--json", action="store_true", help="print the timings and every output's summary as JSON")
+    # MPI: one process per rank (docs/mpi.md)
+    parser.add_argument("--executor", choices=("auto", "local", "mpi"), default="auto", help="local: every rank in this process; mpi: this MPI process's rank; auto (default): mpi when started by mpiexec")
+    parser.add_argument("--all-ranks", action="store_true", help="print (and write, as FILE.rankR.npz) every rank's outputs, not only rank 0's")
+    parser.add_argument("--replicas", type=int, default=1, metavar="K", help="under mpiexec: K data-parallel copies of the engine (mpiexec -n tp_size*K)")
     parser.set_defaults(handler=run_run)
 
 
@@ -265,15 +272,26 @@ def summary_json(array: np.ndarray) -> dict[str, Any]:
     return {"dtype": array.dtype.name, "shape": list(array.shape), **stats, "non_finite": int(data.size - finite.size), "first": first}
 
 
-def _read_feeds(args: argparse.Namespace, engine: Any) -> dict[str, np.ndarray]:
+def _feed_reader(args: argparse.Namespace, record: dict[str, np.ndarray]) -> Callable[[Sequence[str], Sequence["TensorSpec"], str], dict[str, np.ndarray]]:
+    """``read(items, specs, engine_name)``: the ``--input`` values, and with ``--random-inputs``
+    generated arrays for the inputs not given (the MPI executor calls it on rank 0 only); the
+    feeds are also put into ``record``."""
     shapes = parse_input_shapes(args.input_shapes)
-    if not args.random_inputs:
-        if shapes:
-            raise CLIError("--input-shapes sets the shapes of generated inputs; add --random-inputs")
-        return read_inputs(args.inputs, engine.inputs, engine.name)
-    given = read_inputs(args.inputs, engine.inputs, engine.name, require_all=False)
-    bounds = vocabulary_bounds(Path(engine.path), engine.manifest)
-    return {**given, **random_feeds(engine.inputs, shapes, bounds, args.seed, given)}
+    if shapes and not args.random_inputs:
+        raise CLIError("--input-shapes sets the shapes of generated inputs; add --random-inputs")
+
+    def read(items: Sequence[str], specs: Sequence["TensorSpec"], engine_name: str) -> dict[str, np.ndarray]:
+        if not args.random_inputs:
+            record.update(read_inputs(items, specs, engine_name))
+            return record
+        from graphbuild.engine import read_manifest
+
+        given = read_inputs(items, specs, engine_name, require_all=False)
+        bounds = vocabulary_bounds(Path(args.engine), read_manifest(args.engine))
+        record.update({**given, **random_feeds(specs, shapes, bounds, args.seed, given)})
+        return record
+
+    return read
 
 
 def run_run(args: argparse.Namespace) -> int:
@@ -286,34 +304,75 @@ def run_run(args: argparse.Namespace) -> int:
         if not output.resolve().parent.is_dir():
             raise CLIError(f"--output {output}: directory '{output.parent}' does not exist")
     providers = parse_providers(args.providers)
+    feeds: dict[str, np.ndarray] = {}
+    read = _feed_reader(args, feeds)
+    if wants_mpi(args.executor):
+        return run_under_mpi(args, read, functools.partial(_json_from_timing_line, feeds) if args.json else report_outputs)
     start = time.perf_counter()
     engine = gb.Engine.load(args.engine, verify=not args.no_verify, providers=providers)
     loaded = time.perf_counter()
     logger.info("loaded engine '%s' in %.0f ms", engine.name, 1000 * (loaded - start))
-    feeds = _read_feeds(args, engine)
+    read(args.inputs, engine.inputs, engine.name)
     begin = time.perf_counter()
-    outputs = engine.run(feeds)
+    if args.all_ranks:
+        sections = [(f"rank {rank}", outputs) for rank, outputs in enumerate(engine.run_all_ranks(feeds))]
+    else:
+        sections = [("", engine.run(feeds))]
     ran = time.perf_counter()
-    widened = save_npz(output, outputs) if output is not None else []
     if args.json:
-        report = {
-            "engine": engine.name,
-            "path": str(engine.path),
-            "tp_size": engine.tp_size,
-            "load_ms": 1000 * (loaded - start),
-            "run_ms": 1000 * (ran - begin),
-            "inputs": {name: {"dtype": str(a.dtype), "shape": list(a.shape)} for name, a in feeds.items()},
-            "outputs": {name: summary_json(a) for name, a in outputs.items()},
-            "output_file": str(output) if output is not None else None,
-        }
-        print(json.dumps(report, indent=2, allow_nan=False))
-        return 0
-    print(f"engine '{printable(engine.name)}' (tp_size {engine.tp_size}): load {1000 * (loaded - start):.0f} ms, run {1000 * (ran - begin):.1f} ms")
-    for name, array in outputs.items():
-        print(f"{printable(name)}: {array.dtype.name}{format_shape(array.shape)}  {summarize_array(array)}")
-        if array.size:
-            print(f"  {preview(array)}")
-    if output is not None:
-        note = f" ({', '.join(printable(n) for n in widened)} saved as float32)" if widened else ""
-        print(f"wrote {printable(output)}{note}")
+        print_json(engine, sections, output, feeds, load_ms=1000 * (loaded - start), run_ms=1000 * (ran - begin))
+    else:
+        report_outputs(engine, sections, f"engine '{printable(engine.name)}' (tp_size {engine.tp_size}): load {1000 * (loaded - start):.0f} ms, run {1000 * (ran - begin):.1f} ms", output)
     return 0
+
+
+def _save_sections(sections: Sequence[tuple[str, dict[str, np.ndarray]]], output: Optional[Path]) -> list[tuple[Path, list[str]]]:
+    """Writes the outputs to ``output`` (``FILE.rankR.npz`` per rank when there are several
+    sections); returns each file with the outputs saved as float32."""
+    if output is None:
+        return []
+    written = []
+    for rank, (_, outputs) in enumerate(sections):
+        path = output if len(sections) == 1 else output.with_name(f"{output.stem}.rank{rank}{output.suffix}")
+        written.append((path, save_npz(path, outputs)))
+    return written
+
+
+def report_outputs(engine: Any, sections: Sequence[tuple[str, dict[str, np.ndarray]]], timing: str, output: Optional[Path]) -> None:
+    """Prints the timing line and each section's outputs (a section per rank with --all-ranks) and
+    writes them to ``output`` (``FILE.rankR.npz`` per rank when there are several sections)."""
+    print(timing)
+    for heading, outputs in sections:
+        if heading:
+            print(f"{heading}:")
+        for name, array in outputs.items():
+            print(f"{printable(name)}: {array.dtype.name}{format_shape(array.shape)}  {summarize_array(array)}")
+            if array.size:
+                print(f"  {preview(array)}")
+    for path, widened in _save_sections(sections, output):
+        note = f" ({', '.join(printable(n) for n in widened)} saved as float32)" if widened else ""
+        print(f"wrote {printable(path)}{note}")
+
+
+def print_json(
+    engine: Any, sections: Sequence[tuple[str, dict[str, np.ndarray]]], output: Optional[Path], feeds: dict[str, np.ndarray], *, load_ms: Optional[float], run_ms: Optional[float]
+) -> None:
+    """``graphbuild run --json``: one document with the timings, the inputs' shapes, every output's
+    ``summary_json`` (per rank with --all-ranks) and the files written."""
+    report: dict[str, Any] = {"engine": engine.name, "path": str(engine.path), "tp_size": engine.tp_size, "load_ms": load_ms, "run_ms": run_ms}
+    report["inputs"] = {name: {"dtype": a.dtype.name, "shape": list(a.shape)} for name, a in feeds.items()}
+    if len(sections) == 1 and not sections[0][0]:
+        report["outputs"] = {name: summary_json(a) for name, a in sections[0][1].items()}
+    else:
+        report["ranks"] = [{"rank": rank, "outputs": {name: summary_json(a) for name, a in outputs.items()}} for rank, (_, outputs) in enumerate(sections)]
+    report["output_files"] = [str(path) for path, _ in _save_sections(sections, output)]
+    print(json.dumps(report, indent=2, allow_nan=False))
+
+
+_TIMES = re.compile(r"load ([\d.]+) ms, run ([\d.]+) ms$")
+
+
+def _json_from_timing_line(feeds: dict[str, np.ndarray], engine: Any, sections: Sequence[tuple[str, dict[str, np.ndarray]]], timing: str, output: Optional[Path]) -> None:
+    """``print_json`` as the MPI executor's report callback, which hands over its timing line."""
+    times = _TIMES.search(timing)
+    print_json(engine, sections, output, feeds, load_ms=float(times.group(1)) if times else None, run_ms=float(times.group(2)) if times else None)

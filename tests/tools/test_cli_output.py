@@ -127,7 +127,7 @@ def test_run_json_summarizes_every_output(engine_dir, capsys):
     for key, value in (("min", expected.min()), ("max", expected.max()), ("mean", expected.mean()), ("std", expected.std())):
         assert out[key] == pytest.approx(value, rel=1e-6), key
     assert out["first"] == pytest.approx(expected.reshape(-1)[:6].tolist())
-    assert report["load_ms"] > 0 and report["run_ms"] > 0 and report["output_file"] is None
+    assert report["load_ms"] > 0 and report["run_ms"] > 0 and report["output_files"] == []
 
 
 def test_run_json_is_strict_with_non_finite_outputs(tmp_path, capsys):
