@@ -38,11 +38,16 @@ def expected(example, load_script):
 def test_main_prints_the_documented_session(example, doc_blocks, cache_dir, capsys):
     """Mirrors the session of docs/examples.md, '$ .venv/bin/python examples/bert_minilm.py': the
     default sentences at tp_size 1 to 4 (engines built into this module's cache, which the tests
-    below reuse) print the documented lines."""
+    below reuse) print the documented lines. A second run loads the cached engines."""
     documented = doc_blocks.find_session("docs/examples.md", ".venv/bin/python examples/bert_minilm.py")
     assert example.main(["--cache-dir", str(cache_dir), "--rebuild"]) == 0
     problem = doc_blocks.mismatch(documented.expected, capsys.readouterr().out)
     assert not problem, problem
+    assert example.main(["A cat sat.", "A cat was sitting.", "--tp-sizes", "1", "2", "--cache-dir", str(cache_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "tp_size 2: cached engine loaded" in out and "cosine similarities (tp_size 1):" in out and out.rstrip().endswith("OK")
+    row = next(line for line in out.splitlines() if line.strip().startswith("0 ") and "1.000" in line)
+    assert 0.5 < float(row.split()[2]) < 1.0  # the two sentences are close
 
 
 def test_tokenize_pads_to_the_longest_sentence(example):
@@ -94,15 +99,6 @@ def test_name_map_covers_the_checkpoint(example):
     assert example.checkpoint_name("encoder.layer.3.attention.qkv.weight") == [
         f"encoder.layer.3.attention.self.{p}.weight" for p in ("query", "key", "value")
     ]
-
-
-def test_main_prints_similarities_from_cached_engines(example, cache_dir, capsys):
-    example.encode(SENTENCES[:1], tp_size=2, cache_dir=cache_dir)  # cached by the tp tests when run together
-    assert example.main(["A cat sat.", "A cat was sitting.", "--tp-sizes", "1", "2", "--cache-dir", str(cache_dir)]) == 0
-    out = capsys.readouterr().out
-    assert "tp_size 2: cached engine loaded" in out and "cosine similarities (tp_size 1):" in out and out.rstrip().endswith("OK")
-    row = next(line for line in out.splitlines() if line.strip().startswith("0 ") and "1.000" in line)
-    assert 0.5 < float(row.split()[2]) < 1.0  # the two sentences are close
 
 
 @pytest.mark.parametrize(
