@@ -17,7 +17,7 @@ import onnx
 from graphbuild.engine.manifest import MANIFEST, TensorSpec, check_files, read_manifest, resolve_inside
 from graphbuild.errors import EngineError, InputError
 from graphbuild.plugin import DOMAIN, TP_EMBEDDING
-from graphbuild.runtime.feeds import validate_feeds
+from graphbuild.runtime.feeds import FeedValidator
 from graphbuild.runtime.protocol import Executor, ExecutorFactory, ExecutorRequest
 from graphbuild.runtime.schedule import Schedule
 
@@ -94,6 +94,7 @@ class Engine:
         self.outputs = [TensorSpec.from_json(spec) for spec in manifest["outputs"]]
         self._executor = executor
         self._output_names = {spec.name for spec in self.outputs}
+        self._validate = FeedValidator(self.inputs, f"engine '{self.name}'")
 
     @property
     def executor(self) -> Executor:
@@ -168,7 +169,7 @@ class Engine:
             OutOfRangeIdError: an embedding id lies outside the vocabulary.
             ExecutionError: ONNX Runtime or a collective failed.
         """
-        arrays = validate_feeds(self.inputs, feeds, f"engine '{self.name}'")
+        arrays = self._validate(feeds)
         if out is not None:
             unknown = sorted(set(out) - self._output_names)
             if unknown:
@@ -177,8 +178,7 @@ class Engine:
 
     def run_all_ranks(self, feeds: Mapping[str, Any]) -> list[dict[str, np.ndarray]]:
         """Like ``run`` but returns every rank's outputs, in rank order."""
-        arrays = validate_feeds(self.inputs, feeds, f"engine '{self.name}'")
-        return self._executor.run_all_ranks(arrays)
+        return self._executor.run_all_ranks(self._validate(feeds))
 
     def __repr__(self) -> str:
         ins = ", ".join(str(s) for s in self.inputs)
