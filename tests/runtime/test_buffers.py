@@ -105,8 +105,8 @@ def test_many_segments_match_the_reference(tmp_path, rng):
             x = F.relu(x + F.embedding(ids_b, table, tp_size=2, sharding_dim=b % 2)) * 0.5
         net.mark_output(x, "y")
     engine = gb.build(net, tmp_path / "stack", providers=CPU)
-    steps = engine.manifest["ranks"][0]["steps"]
-    assert [s["kind"] for s in steps] == ["segment", "collective"] * 3 + ["segment"]
+    steps = engine.manifest.ranks[0].steps
+    assert [s.kind for s in steps] == ["segment", "collective"] * 3 + ["segment"]
     for _ in range(2):
         feeds = {"ids": rng.integers(0, 11, size=4), "x": rng.standard_normal((4, 6)).astype(np.float32)}
         np.testing.assert_allclose(engine.run(feeds)["y"], gb.reference.run(net, feeds)["y"], rtol=1e-6)
