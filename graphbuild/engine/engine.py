@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
-import onnx
 
-from graphbuild.engine.manifest import MANIFEST, TensorSpec, check_files, read_manifest, resolve_inside
+from graphbuild.engine.consistency import check_segments
+from graphbuild.engine.files import PinnedEngineDir, check_files, load_pinned, read_manifest
+from graphbuild.engine.manifest import MANIFEST, Manifest
 from graphbuild.errors import EngineError, InputError
 from graphbuild.plugin import DOMAIN, TP_EMBEDDING
 from graphbuild.runtime.executor import LocalExecutor
@@ -16,29 +17,6 @@ from graphbuild.runtime.feeds import validate_feeds
 
 #: Custom ops this graphbuild's plugin library provides, as (domain, op_type).
 PROVIDED_CUSTOM_OPS = {(DOMAIN, TP_EMBEDDING)}
-
-
-def _check_segment_references(root: Path, manifest: Mapping[str, Any]) -> None:
-    """Every external-data location of every segment must be a listed file inside the engine."""
-    listed = set(manifest["files"])
-    for rank in manifest["ranks"]:
-        for step in rank["steps"]:
-            if step["kind"] != "segment":
-                continue
-            model_path = resolve_inside(root, step["file"], what="segment file")
-            try:
-                model = onnx.load(str(model_path), load_external_data=False)
-            except Exception as exc:  # protobuf's DecodeError and friends
-                raise EngineError(f"{model_path}: not a readable ONNX model ({type(exc).__name__}: {exc}); the engine is corrupt - rebuild it") from None
-            folder = Path(step["file"]).parent.as_posix()
-            for tensor in model.graph.initializer:
-                if tensor.data_location != onnx.TensorProto.EXTERNAL:
-                    continue
-                location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-                relpath = f"{folder}/{location}" if folder not in ("", ".") else location
-                resolve_inside(root, relpath, what=f"external data of '{tensor.name}'", source=model_path)
-                if relpath not in listed:
-                    raise EngineError(f"{model_path}: initializer '{tensor.name}' refers to '{location}', which the manifest does not list")
 
 
 class Engine:
@@ -55,13 +33,13 @@ class Engine:
         outputs: output specs in order.
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], executor: LocalExecutor) -> None:
+    def __init__(self, path: Path, manifest: Manifest, executor: LocalExecutor) -> None:
         self.path = path
         self.manifest = manifest
-        self.name: str = manifest["name"]
-        self.tp_size: int = manifest["tp_size"]
-        self.inputs = [TensorSpec.from_json(spec) for spec in manifest["inputs"]]
-        self.outputs = [TensorSpec.from_json(spec) for spec in manifest["outputs"]]
+        self.name: str = manifest.name
+        self.tp_size: int = manifest.tp_size
+        self.inputs = list(manifest.inputs)
+        self.outputs = list(manifest.outputs)
         self._executor = executor
 
     @classmethod
@@ -86,16 +64,18 @@ class Engine:
                 the file.
         """
         root = Path(path)
-        manifest = read_manifest(root)
-        if verify:
-            check_files(root, manifest)
-        for op in manifest["custom_ops"]:
-            key = (op.get("domain"), op.get("op_type"))
-            if key not in PROVIDED_CUSTOM_OPS:
-                raise EngineError(f"{root / MANIFEST}: the engine needs custom op {key[0]}::{key[1]}, which this graphbuild does not provide")
-        _check_segment_references(root, manifest)
-        executor = LocalExecutor(root, manifest, providers=providers, intra_op_threads=intra_op_threads)
-        return cls(root, manifest, executor)
+
+        def load_from(pin: PinnedEngineDir) -> "Engine":  # every file is read through the pinned directory
+            manifest = read_manifest(pin)
+            check_files(pin, manifest, checksums=verify)
+            for op in manifest.custom_ops:
+                if (op.domain, op.op_type) not in PROVIDED_CUSTOM_OPS:
+                    raise EngineError(f"{root / MANIFEST}: the engine needs custom op {op.domain}::{op.op_type}, which this graphbuild does not provide")
+            check_segments(pin, manifest)
+            executor = LocalExecutor(pin.root, manifest, providers=providers, intra_op_threads=intra_op_threads)
+            return cls(root, manifest, executor)
+
+        return load_pinned(root, load_from)
 
     def run(self, feeds: Mapping[str, Any], *, out: Optional[Mapping[str, np.ndarray]] = None) -> dict[str, np.ndarray]:
         """Runs every rank in this process and returns the outputs (rank 0's) by name.

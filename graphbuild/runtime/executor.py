@@ -37,6 +37,7 @@ import numpy as np
 import onnxruntime as ort
 
 from graphbuild import dtypes
+from graphbuild.engine.manifest import Manifest, RangeCheck, SegmentStep
 from graphbuild.errors import EngineError, ExecutionError, GraphBuildError, InputError, OutOfRangeIdError
 from graphbuild.ops.embedding import out_of_range_message
 from graphbuild.ops.registry import get_op
@@ -78,7 +79,7 @@ class SegmentSpec:
     session: ort.InferenceSession
     inputs: list[str]
     outputs: list[str]
-    checks: list[dict[str, Any]]
+    checks: list[RangeCheck]
 
 
 def _translate_ort_error(exc: Exception, rank: int, file: str) -> GraphBuildError:
@@ -105,7 +106,7 @@ class SegmentRun:
         self.inputs = [values[name] for name in spec.inputs]
         for name, value in zip(spec.inputs, self.inputs):
             self.binding.bind_ortvalue_input(name, value)
-        check_names = [check["tensor"] for check in spec.checks]
+        check_names = [check.tensor for check in spec.checks]
         for name in spec.outputs:
             self.binding.bind_output(name, device)
         for name in check_names:
@@ -130,7 +131,7 @@ class SegmentRun:
         for check, view in self.checks:
             position, bad_id, size = view.tolist()
             if position < size:
-                raise OutOfRangeIdError(out_of_range_message(check["node"], bad_id, position, check["vocab_size"]))
+                raise OutOfRangeIdError(out_of_range_message(check.node, bad_id, position, check.vocab_size))
 
     def run(self) -> None:
         self._execute()
@@ -345,32 +346,32 @@ class LocalExecutor:
     def __init__(
         self,
         root: Path,
-        manifest: Mapping[str, Any],
+        manifest: Manifest,
         *,
         providers: Optional[Sequence[str]] = None,
         intra_op_threads: Optional[int] = None,
         max_plans: int = MAX_PLANS,
     ) -> None:
-        ranks = manifest["ranks"]
-        if len(ranks) != manifest["tp_size"]:
+        ranks = manifest.ranks
+        if len(ranks) != manifest.tp_size:
             raise EngineError(
-                f"{root}: the local executor needs all {manifest['tp_size']} ranks but the engine holds {len(ranks)}"
+                f"{root}: the local executor needs all {manifest.tp_size} ranks but the engine holds {len(ranks)}"
             )
         providers = list(providers) if providers is not None else default_providers()
-        needs_plugin = bool(manifest["custom_ops"])
+        needs_plugin = bool(manifest.custom_ops)
         self._steps: list[list[Any]] = []
         for rank in ranks:
             steps: list[Any] = []
-            for step in rank["steps"]:
-                if step["kind"] == "segment":
-                    session = create_session(root / step["file"], needs_plugin=needs_plugin, providers=providers, intra_op_threads=intra_op_threads)
-                    steps.append(SegmentSpec(rank["rank"], step["file"], session, list(step["inputs"]), list(step["outputs"]), list(step.get("checks", []))))
+            for step in rank.steps:
+                if isinstance(step, SegmentStep):
+                    session = create_session(root / step.file, needs_plugin=needs_plugin, providers=providers, intra_op_threads=intra_op_threads)
+                    steps.append(SegmentSpec(rank.rank, step.file, session, list(step.inputs), list(step.outputs), list(step.checks)))
                 else:
-                    get_op(step["op"])  # unknown collectives fail at load, not mid-run
-                    steps.append(CollectiveSpec(step["op"], step["name"], dict(step.get("attrs", {})), step["input"], step["output"], step.get("workspace")))
+                    get_op(step.op)  # unknown collectives fail at load, not mid-run
+                    steps.append(CollectiveSpec(step.op, step.name, dict(step.attrs), step.input, step.output, step.workspace))
             self._steps.append(steps)
         self._check_schedule(root)
-        self._outputs = [dict(rank["outputs"]) for rank in ranks]
+        self._outputs = [dict(rank.outputs) for rank in ranks]
         self.device = device_of(providers)
         self._sessions = SessionCache(providers, intra_op_threads)
         self._plans: collections.OrderedDict[tuple[Any, ...], Plan] = collections.OrderedDict()
