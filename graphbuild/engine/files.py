@@ -241,7 +241,7 @@ def verify_files(path: Union[str, Path, PinnedEngineDir], manifest: Optional[Man
         return [(relpath, _status(pin, relpath, entry.size, entry.sha256)) for relpath, entry in manifest.files.items()]
 
 
-def _status(pin: PinnedEngineDir, relpath: str, size: int, digest: Optional[str]) -> str:
+def _status(pin: PinnedEngineDir, relpath: str, size: int, digest: Optional[str], *, raise_kind: bool = False) -> str:
     try:
         info = pin.lstat(relpath)
         if info.st_size != size:
@@ -252,6 +252,8 @@ def _status(pin: PinnedEngineDir, relpath: str, size: int, digest: Optional[str]
     except FileNotFoundError:
         return "missing"
     except NotRegularFileError as exc:
+        if raise_kind:
+            raise
         return exc.status
     except OSError:
         return "unreadable"
@@ -262,7 +264,7 @@ def check_files(path: Union[str, Path, PinnedEngineDir], manifest: Manifest, *, 
     truncated or (with ``checksums``) tampered with. Without ``checksums`` only ``lstat`` runs."""
     with pinned(path) as pin:
         for relpath, entry in manifest.files.items():
-            status = _status(pin, relpath, entry.size, entry.sha256 if checksums else None)
+            status = _status(pin, relpath, entry.size, entry.sha256 if checksums else None, raise_kind=True)
             if status != "ok":
                 if pin.replaced():
                     raise EngineReplacedError(pin.path)
