@@ -21,6 +21,7 @@ from graphbuild.plugin import DOMAIN, TP_EMBEDDING
 from graphbuild.runtime.feeds import FeedValidator
 from graphbuild.runtime.protocol import Executor, ExecutorFactory, ExecutorRequest
 from graphbuild.runtime.schedule import Schedule
+from graphbuild.runtime.session import check_providers, check_threads
 
 #: Custom ops this graphbuild's plugin library provides, as (domain, op_type).
 PROVIDED_CUSTOM_OPS = {(DOMAIN, TP_EMBEDDING)}
@@ -106,8 +107,12 @@ class Engine:
         Raises:
             EngineError: missing, truncated, tampered or wrong-version engine; the message names
                 the file. An unknown executor name.
+            ConfigurationError: bad ``providers`` or ``intra_op_threads`` (or the environment
+                variables ``GRAPHBUILD_PROVIDERS``, ``GRAPHBUILD_ORT_LOG_SEVERITY``), checked first.
         """
         root = Path(path)
+        providers = check_providers(providers) if isinstance(executor, str) else providers
+        intra_op_threads = check_threads(intra_op_threads)
         if not isinstance(executor, str) and not isinstance(executor, Executor):
             raise EngineError(f"Engine.load: executor must be one of {sorted(EXECUTORS)} or an Executor, got {type(executor).__name__}")
         factory = EXECUTORS.get(executor) if isinstance(executor, str) else None
@@ -127,7 +132,7 @@ class Engine:
                 check_segments(pin, manifest)
 
             schedule = Schedule.from_manifest(manifest)
-            request = ExecutorRequest(pin.root, manifest, schedule, list(providers) if providers is not None else None, intra_op_threads, check_ranks)
+            request = ExecutorRequest(pin.root, manifest, schedule, providers, intra_op_threads, check_ranks)
             return cls(root, manifest, factory(request))
 
         return load_pinned(root, load_from)
