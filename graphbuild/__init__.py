@@ -47,6 +47,7 @@ from graphbuild.engine import Engine
 from graphbuild.build import build
 from graphbuild import functional, reference
 from graphbuild.checkpoint import LoadReport, ParameterStore, load_safetensors, save_safetensors
+from graphbuild.viz import visualize
 
 
 def constant(array: Any, name: Optional[str] = None, dtype: Optional[dtypes.DTypeLike] = None) -> Tensor:
@@ -92,4 +93,5 @@ __all__ = [
     "load_safetensors",
     "reference",
     "save_safetensors",
+    "visualize",
 ]

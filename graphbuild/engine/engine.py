@@ -76,7 +76,8 @@ class Engine:
         self.outputs = list(manifest.outputs)
         self._executor = executor
         self._output_names = {spec.name for spec in self.outputs}
-        self._validate = FeedValidator(self.inputs, f"engine '{self.name}'")
+        # An executor that shares feeds between processes (MPI) validates them itself.
+        self._feeds = getattr(executor, "share_feeds", None) or FeedValidator(self.inputs, f"engine '{self.name}'")
 
     @property
     def executor(self) -> Executor:
@@ -92,6 +93,7 @@ class Engine:
         providers: Optional[Sequence[str]] = None,
         verify: bool = True,
         intra_op_threads: Optional[int] = None,
+        executor_options: Optional[Mapping[str, Any]] = None,
     ) -> "Engine":
         """Opens an engine directory.
 
@@ -103,6 +105,8 @@ class Engine:
             providers: ONNX Runtime execution providers; default CUDA when present, else CPU.
             verify: check the size and sha256 of every file the executor opens first.
             intra_op_threads: threads per ONNX Runtime session (default: its own choice).
+            executor_options: options of the named executor (the MPI executor's ``replicas``,
+                ``world_ranks``, ``comm``: see docs/mpi.md).
 
         Raises:
             EngineError: missing, truncated, tampered or wrong-version engine; the message names
@@ -132,7 +136,7 @@ class Engine:
                 check_segments(pin, manifest)
 
             schedule = Schedule.from_manifest(manifest)
-            request = ExecutorRequest(pin.root, manifest, schedule, providers, intra_op_threads, check_ranks)
+            request = ExecutorRequest(pin.root, manifest, schedule, providers, intra_op_threads, check_ranks, dict(executor_options or {}))
             return cls(root, manifest, factory(request))
 
         return load_pinned(root, load_from)
@@ -156,7 +160,7 @@ class Engine:
             OutOfRangeIdError: an embedding id lies outside the vocabulary.
             ExecutionError: ONNX Runtime or a collective failed.
         """
-        arrays = self._validate(feeds)
+        arrays = self._feeds(feeds)
         if out is not None:
             unknown = sorted(set(out) - self._output_names)
             if unknown:
@@ -165,7 +169,7 @@ class Engine:
 
     def run_all_ranks(self, feeds: Mapping[str, Any]) -> list[dict[str, np.ndarray]]:
         """Like ``run`` but returns every rank's outputs, in rank order."""
-        return self._executor.run_all_ranks(self._validate(feeds))
+        return self._executor.run_all_ranks(self._feeds(feeds))
 
     def __repr__(self) -> str:
         ins = ", ".join(str(s) for s in self.inputs)

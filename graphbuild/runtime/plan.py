@@ -40,7 +40,7 @@ from graphbuild.runtime.schedule import CollectiveStep, Schedule, SegmentStep
 DIRECT_MIN_BYTES = 1 << 20
 
 
-def translate_ort_error(exc: Exception, rank: int, step: SegmentStep) -> GraphBuildError:
+def translate_ort_error(exc: Exception, step: SegmentStep) -> GraphBuildError:
     """The ``GraphBuildError`` for ONNX Runtime's failure to run ``step``: the plugin's out-of-range
     status becomes an ``OutOfRangeIdError`` in the user-facing wording, anything else an
     ``ExecutionError`` naming the rank and file."""
@@ -49,22 +49,20 @@ def translate_ort_error(exc: Exception, rank: int, step: SegmentStep) -> GraphBu
     if found:
         return OutOfRangeIdError(format_out_of_range(*found))
     detail = text.strip().splitlines()[-1] if text.strip() else type(exc).__name__
-    return ExecutionError(f"rank {rank}, {step.file}: ONNX Runtime failed: {detail}")
+    return ExecutionError(f"{step.describe()}: ONNX Runtime failed: {detail}")
 
 
 class SegmentRun:
     """A segment bound to a plan's buffers; the first ``run`` lets ONNX Runtime size the outputs.
 
     Args:
-        rank: the rank it belongs to.
         spec: the segment.
         session: its ONNX Runtime session.
         values: the rank's tensors so far (name -> OrtValue); gets this segment's outputs.
         device: where outputs are allocated (check tensors always go to host memory).
     """
 
-    def __init__(self, rank: int, spec: SegmentStep, session: ort.InferenceSession, values: dict[str, ort.OrtValue], device: str) -> None:
-        self.rank = rank
+    def __init__(self, spec: SegmentStep, session: ort.InferenceSession, values: dict[str, ort.OrtValue], device: str) -> None:
         self.spec = spec
         self.session = session
         self.binding = session.io_binding()
@@ -91,7 +89,7 @@ class SegmentRun:
         try:
             self.session.run_with_iobinding(self.binding)
         except Exception as exc:  # onnxruntime's exception classes derive from Exception only
-            raise translate_ort_error(exc, self.rank, self.spec) from None
+            raise translate_ort_error(exc, self.spec) from None
 
     def _check(self) -> None:
         for check, view in self.checks:
@@ -171,7 +169,7 @@ class Plan:
     def __init__(self, schedule: Schedule, segment_sessions: Mapping[str, ort.InferenceSession], feeds: Mapping[str, np.ndarray], device: str, sessions: SessionCache) -> None:
         steps = [rank.steps for rank in schedule.ranks]
         read = {name for rank in steps for s in rank if isinstance(s, SegmentStep) for name in s.inputs}
-        read |= {tensor for rank in schedule.ranks for tensor in rank.outputs.values()}
+        read |= {tensor for rank in schedule.ranks for _, tensor in rank.outputs}
         self.feed_buffers = [(name, allocate(array.shape, dtypes.as_dtype(array.dtype), device)) for name, array in feeds.items() if name in read]
         self._feed_views = [(name, host_view(buffer)) for name, buffer in self.feed_buffers] if device == "cpu" else None
         self.load_feeds(feeds)
@@ -190,12 +188,12 @@ class Plan:
                 if first.workspace:
                     self.workspaces.append((first.workspace, collective.output))
             else:
-                for rank, (rank_steps, v) in enumerate(zip(steps, values)):
+                for rank_steps, v in zip(steps, values):
                     step = rank_steps[position]
-                    self.runs.append(SegmentRun(rank, step, segment_sessions[step.file], v, device))
+                    self.runs.append(SegmentRun(step, segment_sessions[step.file], v, device))
         self._to_host = _host_reader(device, sessions)
         self.copy_workspaces(feeds)
-        self.slots = [[self._slot(rank.rank, name, v[tensor], device) for name, tensor in rank.outputs.items()] for rank, v in zip(schedule.ranks, values)]
+        self.slots = [[self._slot(rank.rank, name, v[tensor], device) for name, tensor in rank.outputs] for rank, v in zip(schedule.ranks, values)]
         self.direct = self._find_direct(schedule, feeds) if device == "cpu" else []
 
     def _slot(self, rank: int, name: str, value: ort.OrtValue, device: str) -> OutputSlot:
@@ -222,7 +220,7 @@ class Plan:
                 producer[rank.rank].update({tensor: (run, i) for i, tensor in enumerate(spec.outputs)})
         direct = []
         for rank, slots in zip(schedule.ranks, self.slots):
-            tensors = list(rank.outputs.values())
+            tensors = [tensor for _, tensor in rank.outputs]
             for slot, tensor in zip(slots, tensors):
                 if slot.pool is None or tensor in read[rank.rank] or tensor not in producer[rank.rank] or tensors.count(tensor) > 1:
                     continue

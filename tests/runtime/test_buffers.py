@@ -157,11 +157,11 @@ def test_allreduce_model_sums_in_rank_order_like_numpy(rng, dtype):
 
 def test_allgather_model_concatenates_uneven_parts(rng):
     arrays = [rng.standard_normal((2, 3, width)).astype(np.float16) for width in (3, 2, 2)]
-    spec = CollectiveStep("allgather", "ag", 0, (0, 1, 2), "x", "y", attrs={"axis": -1, "sizes": [3, 2, 2]})
+    spec = CollectiveStep("allgather", "ag", 0, (0, 1, 2), "x", "y", axis=-1, sizes=(3, 2, 2))
     run = CollectiveRun(spec, _ortvalues(arrays), SessionCache(CPU, 1), "cpu")
     run.run()
     np.testing.assert_array_equal(host_view(run.output), np.concatenate(arrays, axis=-1))
-    bad = CollectiveStep("allgather", "ag", 0, (0, 1, 2), "x", "y", attrs={"axis": -1, "sizes": [2, 2, 3]})
+    bad = CollectiveStep("allgather", "ag", 0, (0, 1, 2), "x", "y", axis=-1, sizes=(2, 2, 3))
     with pytest.raises(gb.ExecutionError, match=r"allgather 'ag': ranks contributed sizes \[3, 2, 2\] along axis 2, expected \[2, 2, 3\]"):
         CollectiveRun(bad, _ortvalues(arrays), SessionCache(CPU, 1), "cpu")
 
@@ -197,7 +197,7 @@ def test_segment_runs_bind_device_buffers_once(tmp_path, rng):
 def test_host_combine_matches_the_collective_models(rng, op, dtype):
     """The runtime's numpy semantics (for executors that combine on the host) and its ONNX models agree bitwise."""
     arrays = [(rng.standard_normal((2, 3)) * 50).astype(dtype) for _ in range(3)]
-    step = CollectiveStep(op, "c", 0, (0, 1, 2), "x", "y", attrs={"axis": 0})
+    step = CollectiveStep(op, "c", 0, (0, 1, 2), "x", "y", axis=0)
     model = CollectiveRun(step, _ortvalues(arrays), SessionCache(CPU, 1), "cpu")
     model.run()
     if op == "allgather":

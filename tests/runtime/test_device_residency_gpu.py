@@ -77,7 +77,7 @@ def test_device_collectives_match_numpy(rng):
         values.append(value)
     sessions = SessionCache(CUDA, None)
     reduce = CollectiveRun(CollectiveStep("allreduce", "ar", 0, (0, 1, 2, 3), "x", "y"), values, sessions, "cuda")
-    gather = CollectiveRun(CollectiveStep("allgather", "ag", 1, (0, 1, 2, 3), "x", "y", attrs={"axis": 0}), values, sessions, "cuda")
+    gather = CollectiveRun(CollectiveStep("allgather", "ag", 1, (0, 1, 2, 3), "x", "y", axis=0), values, sessions, "cuda")
     reduce.run()
     gather.run()
     assert _device(reduce.output) == _device(gather.output) == "cuda"

@@ -13,7 +13,7 @@ from graphbuild import functional as F
 from graphbuild import plugin
 from graphbuild.engine import engine as engine_module
 from graphbuild.runtime import Executor, LocalExecutor, Schedule
-from graphbuild.runtime.schedule import CollectiveStep, SegmentStep, gather_sizes
+from graphbuild.runtime.schedule import CollectiveStep, SegmentStep
 
 CPU = ["CPUExecutionProvider"]
 
@@ -38,12 +38,12 @@ def test_schedule_lists_each_ranks_segments_and_collectives_in_order(tmp_path, r
         kinds = [type(step) for step in rank.steps]
         assert kinds == [SegmentStep, CollectiveStep, SegmentStep]
         first, gather, second = rank.steps
-        assert first.file == f"rank{position}/segment0.onnx"
-        assert (gather.op, gather.group, gather.axis % 2, gather_sizes(gather)) == ("allgather", (0, 1, 2), 1, (2, 1, 1))
+        assert first.file == f"rank{position}/segment0.onnx" and first.rank == position
+        assert (gather.op, gather.group, gather.axis % 2, gather.sizes) == ("allgather", (0, 1, 2), 1, (2, 1, 1))
         assert gather.input in first.outputs and gather.output in second.inputs
         assert [check.vocab_size for check in first.checks] == [10], "the lowered lookup's range check"
-        assert list(rank.outputs) == ["normed"]
-    assert schedule.files(1) == ("rank1/segment0.onnx", "rank1/segment1.onnx")
+        assert [name for name, _ in rank.outputs] == ["normed"]
+    assert schedule.ranks[1].files == ("rank1/segment0.onnx", "rank1/segment1.onnx")
 
 
 class RecordingExecutor:
