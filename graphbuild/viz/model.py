@@ -351,6 +351,9 @@ def annotate_shards(model: GraphModel) -> None:
             gathers = [r for r in readers.get(node["id"], []) if r["op"].lower() == "allgather"]
             n = int(attrs.get("tp_size", len(model.columns) if model.header["kind"] != "segment" else 1))
             rank = int(attrs.get("tp_rank", node["rank"] or 0))
+            if model.header["kind"] != "segment":  # ONNX's TPEmbedding leaves the rank to its file's place
+                attrs.setdefault("tp_size", n)
+                attrs.setdefault("tp_rank", rank)
             if gathers:
                 sizes = gathers[0]["attrs"].get("sizes") or [cols] * n
                 start = sum(sizes[:rank])
