@@ -314,7 +314,8 @@ def from_ranks(ranks: Sequence[Network], schedules: Sequence[Sequence[Any]], nam
                 continue
             seg_id = f"r{rank}/segment{step.index}"
             ids = [writer.node(node, band, seg_id) for node in step.nodes]
-            model.segments.append({"id": seg_id, "rank": rank, "index": step.index, "file": None, "band": band, "nodes": ids})
+            file = f"rank{rank}/segment{step.index}.onnx"  # where gb.build writes it
+            model.segments.append({"id": seg_id, "rank": rank, "index": step.index, "file": file, "band": band, "nodes": ids})
         writer.outputs(outputs)
     model.collectives = list(collectives.values())
     annotate_shards(model)

@@ -57,7 +57,7 @@ def test_embedding_ranks_picture(tp_size, sharding_dim):
         edges = {("r0/in:input_ids", "r0/op:wte/lookup", "input_ids"), ("r0/op:wte/lookup", "r0/out:embeddings", "wte")}
     assert edge_set(data) == edges
     assert [r["label"] for r in data["ranks"]] == [f"rank {r}" for r in ranks]
-    assert [(s["rank"], s["nodes"]) for s in data["segments"]] == [(r, [f"r{r}/op:wte/lookup"]) for r in ranks]
+    assert [(s["rank"], s["file"], s["nodes"]) for s in data["segments"]] == [(r, f"rank{r}/segment0.onnx", [f"r{r}/op:wte/lookup"]) for r in ranks]
     lookups = {n["rank"]: n for n in data["nodes"] if n["op"] == "tp_embedding"}
     assert [lookups[r]["attrs"]["shard"] for r in ranks] == shards
     assert all(n["tp"] for n in lookups.values())
