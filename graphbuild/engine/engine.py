@@ -109,6 +109,7 @@ class Engine:
         providers: Optional[Sequence[str]] = None,
         verify: bool = True,
         intra_op_threads: Optional[int] = None,
+        executor_options: Optional[Mapping[str, Any]] = None,
     ) -> "Engine":
         """Opens an engine directory.
 
@@ -120,6 +121,8 @@ class Engine:
             providers: ONNX Runtime execution providers; default CUDA when present, else CPU.
             verify: check the size and sha256 of every file the executor opens first.
             intra_op_threads: threads per ONNX Runtime session (default: its own choice).
+            executor_options: options of the named executor (the MPI executor's ``replicas``,
+                ``world_ranks``, ``comm``: see docs/mpi.md).
 
         Raises:
             EngineError: missing, truncated, tampered or wrong-version engine; the message names
@@ -146,7 +149,7 @@ class Engine:
                 check_files(root, {**manifest, "files": files})
             _check_segment_references(root, manifest, [file for r in ranks for file in schedule.ranks[r].files])
 
-        request = ExecutorRequest(root, manifest, schedule, list(providers) if providers is not None else None, intra_op_threads, check_ranks)
+        request = ExecutorRequest(root, manifest, schedule, list(providers) if providers is not None else None, intra_op_threads, check_ranks, dict(executor_options or {}))
         return cls(root, manifest, factory(request))
 
     def run(self, feeds: Mapping[str, Any], *, out: Optional[Mapping[str, np.ndarray]] = None) -> dict[str, np.ndarray]:
@@ -168,7 +171,7 @@ class Engine:
             OutOfRangeIdError: an embedding id lies outside the vocabulary.
             ExecutionError: ONNX Runtime or a collective failed.
         """
-        arrays = validate_feeds(self.inputs, feeds, f"engine '{self.name}'")
+        arrays = self._feeds(feeds)
         if out is not None:
             unknown = sorted(set(out) - self._output_names)
             if unknown:
@@ -177,8 +180,14 @@ class Engine:
 
     def run_all_ranks(self, feeds: Mapping[str, Any]) -> list[dict[str, np.ndarray]]:
         """Like ``run`` but returns every rank's outputs, in rank order."""
-        arrays = validate_feeds(self.inputs, feeds, f"engine '{self.name}'")
-        return self._executor.run_all_ranks(arrays)
+        return self._executor.run_all_ranks(self._feeds(feeds))
+
+    def _feeds(self, feeds: Any) -> dict[str, np.ndarray]:
+        """Validated feeds; an executor that shares feeds between processes (MPI) does it itself."""
+        share = getattr(self._executor, "share_feeds", None)
+        if share is not None:
+            return share(feeds)
+        return validate_feeds(self.inputs, feeds, f"engine '{self.name}'")
 
     def __repr__(self) -> str:
         ins = ", ".join(str(s) for s in self.inputs)

@@ -57,6 +57,7 @@ class ExecutorRequest:
         check_ranks: ``check_ranks(ranks)`` verifies the files of those ranks (checksums when the
             load asked for it, external-data references always) before the executor opens them;
             an executor calls it for exactly the ranks whose files it will open.
+        options: executor-specific options (``Engine.load(executor_options=...)``).
     """
 
     root: Path
@@ -65,6 +66,7 @@ class ExecutorRequest:
     providers: Optional[list[str]]
     intra_op_threads: Optional[int]
     check_ranks: Callable[[Sequence[int]], None]
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 #: ``factory(request) -> Executor``.
