@@ -1,5 +1,5 @@
 """What ``graphbuild bench`` prints and writes: the machine description, the results table, the
-kernel targets of the performance issues, and the ``--json`` document.
+kernel's performance targets, and the ``--json`` document.
 
 A result is a plain dict (one timed path in one configuration); the keys are the JSON fields:
 ``vocab, hidden, dtype, tokens, threads, device, path, label, ms, ms_min, samples, bytes,
