@@ -15,12 +15,15 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from graphbuild.tools.common import CLIError, format_bytes, printable
 from graphbuild.tools.loader import as_networks, call_with_kwargs, convert_settings, describe_signature, loaded_function, parse_settings
 
 logger = logging.getLogger("graphbuild.build")
+
+if TYPE_CHECKING:
+    from graphbuild.engine.manifest import Manifest
 
 
 def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -125,42 +128,40 @@ def run_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _counts(manifest: dict[str, Any]) -> tuple[int, int, int]:
-    steps = manifest["ranks"][0]["steps"]
-    segments = sum(1 for step in steps if step["kind"] == "segment")
-    collectives = sum(1 for step in steps if step["kind"] == "collective")
-    return segments, collectives, sum(int(entry["bytes"]) for entry in manifest["files"].values())
+def _counts(manifest: Manifest) -> tuple[int, int, int]:
+    first = manifest.ranks[0]
+    return len(first.segments), len(first.collectives), sum(entry.size for entry in manifest.files.values())
 
 
-def summarize(manifest: dict[str, Any], path: str, define_s: float, build_s: float) -> str:
+def summarize(manifest: Manifest, path: str, define_s: float, build_s: float) -> str:
     """The lines ``graphbuild build`` prints about a new engine."""
     segments, collectives, total = _counts(manifest)
-    custom = ", ".join(f"{op['domain']}::{op['op_type']}" for op in manifest["custom_ops"]) or "none (standard ONNX only)"
+    custom = ", ".join(f"{op.domain}::{op.op_type}" for op in manifest.custom_ops) or "none (standard ONNX only)"
     rows = [
         ("engine", printable(path)),
-        ("tp_size", f"{manifest['tp_size']} (ranks {manifest.get('tp_group', list(range(len(manifest['ranks']))))})"),
+        ("tp_size", f"{manifest.tp_size} (ranks {list(manifest.tp_group)})"),
         ("per rank", f"{segments} segment(s), {collectives} collective(s)"),
-        ("custom ops", custom),
-        ("files", f"{len(manifest['files'])}, {format_bytes(total)}"),
+        ("custom ops", printable(custom)),
+        ("files", f"{len(manifest.files)}, {format_bytes(total)}"),
         ("time", f"network {define_s * 1000:.0f} ms, build {build_s * 1000:.0f} ms"),
     ]
     width = max(len(key) for key, _ in rows)
-    return "\n".join([f"built engine '{printable(manifest['name'])}'"] + [f"  {key.ljust(width)}  {value}" for key, value in rows])
+    return "\n".join([f"built engine '{printable(manifest.name)}'"] + [f"  {key.ljust(width)}  {value}" for key, value in rows])
 
 
-def summary_json(manifest: dict[str, Any], path: str, define_s: float, build_s: float, phases: Optional[dict[str, float]] = None) -> dict[str, Any]:
+def summary_json(manifest: Manifest, path: str, define_s: float, build_s: float, phases: Optional[dict[str, float]] = None) -> dict[str, Any]:
     """What ``graphbuild build --json`` prints: the engine, its shape, and the seconds each phase took."""
     segments, collectives, total = _counts(manifest)
     return {
         "engine": str(Path(path)),
-        "name": manifest["name"],
-        "tp_size": manifest["tp_size"],
-        "tp_group": manifest.get("tp_group"),
+        "name": manifest.name,
+        "tp_size": manifest.tp_size,
+        "tp_group": list(manifest.tp_group),
         "segments_per_rank": segments,
         "collectives_per_rank": collectives,
-        "custom_ops": [f"{op['domain']}::{op['op_type']}" for op in manifest["custom_ops"]],
-        "opset": manifest.get("opset"),
-        "files": len(manifest["files"]),
+        "custom_ops": [f"{op.domain}::{op.op_type}" for op in manifest.custom_ops],
+        "opset": manifest.opset,
+        "files": len(manifest.files),
         "bytes": total,
         "seconds": {"network": define_s, "build": build_s, **(phases or {})},
     }

@@ -13,12 +13,15 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 import numpy as np
 
 from graphbuild import dtypes
 from graphbuild.tools.common import CLIError, format_shape
+
+if TYPE_CHECKING:
+    from graphbuild.engine.manifest import Manifest
 
 logger = logging.getLogger("graphbuild.run")
 
@@ -45,18 +48,16 @@ def parse_input_shapes(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def vocabulary_bounds(engine_path: Path, manifest: Mapping[str, Any]) -> dict[str, int]:
+def vocabulary_bounds(engine_path: Path, manifest: "Manifest") -> dict[str, int]:
     """Engine input name -> the smallest vocabulary of the embeddings it feeds as ids."""
     import onnx
     from onnx import numpy_helper
 
-    inputs = {spec["name"] for spec in manifest["inputs"]}
+    inputs = {spec.name for spec in manifest.inputs}
     bounds: dict[str, int] = {}
-    for step in manifest["ranks"][0]["steps"]:
-        if step.get("kind") != "segment":
-            continue
-        checked = {int(check["vocab_size"]) for check in step.get("checks", []) if "vocab_size" in check}
-        graph = onnx.load(str(engine_path / step["file"]), load_external_data=False).graph
+    for step in manifest.ranks[0].segments:
+        checked = {int(check.vocab_size) for check in step.checks}
+        graph = onnx.load(str(engine_path / step.file), load_external_data=False).graph
         producers = {out: node for node in graph.node for out in node.output}
         constants = {t.name: t for t in graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL}
 
