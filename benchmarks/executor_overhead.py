@@ -182,7 +182,7 @@ def gather_model(table: np.ndarray, path: Path) -> Path:
         [helper.make_tensor_value_info("rows", onnx.TensorProto.FLOAT, ["n", table.shape[1]])],
         [numpy_helper.from_array(table, "table")],
     )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path), save_as_external_data=True, location=path.name + ".data")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path), save_as_external_data=True, location=path.name + ".data")
     return path
 
 
