@@ -38,8 +38,8 @@ from graphbuild.runtime.schedule import CollectiveStep, Schedule, SegmentStep
 
 #: Outputs at least this large come from a ``BufferPool`` and, on CPU, are written straight into
 #: the returned arrays; smaller ones are copied into fresh arrays, which costs less (the pool's
-#: bookkeeping, about a microsecond, is what copying 64 to 128 KiB costs).
-DIRECT_MIN_BYTES = 128 << 10
+#: bookkeeping, about a microsecond, is what copying some 64 KiB costs).
+DIRECT_MIN_BYTES = 64 << 10
 
 
 def translate_ort_error(exc: Exception, step: SegmentStep) -> GraphBuildError:
