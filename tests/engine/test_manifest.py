@@ -130,6 +130,13 @@ def test_allreduce_swapped_for_allgather_is_refused(engine_copy):
         gb.Engine.load(root)
 
 
+def test_inspect_refuses_a_manifest_that_disagrees_with_its_files(engine_copy, capsys):
+    root = engine_copy()
+    edit(root, lambda d: [r["steps"][1].update(op="allgather") for r in d["ranks"]])
+    assert main(["inspect", str(root)]) == 1
+    assert "but the engine declares output 'emb' as float(batch, seq, 6)" in capsys.readouterr().err
+
+
 def test_allgather_swapped_for_allreduce_is_refused(tmp_path, rng):
     gb.build(network(rng, sharding_dim=1), tmp_path / "e")
     edit(tmp_path / "e", lambda d: [r["steps"][1].update(op="allreduce") for r in d["ranks"]])
