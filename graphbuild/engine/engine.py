@@ -1,7 +1,13 @@
-"""``Engine``: a built engine directory, loaded and ready to run."""
+"""``Engine``: a built engine directory, loaded and ready to run, and the executors that run it.
+
+``EXECUTORS`` maps an executor's name to its factory (``factory(ExecutorRequest) -> Executor``):
+``"local"`` (every rank in this process, the default) and ``"mpi"`` (one rank per MPI process,
+imported only when asked for). Registering another is one entry.
+"""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -12,11 +18,38 @@ from graphbuild.engine.files import PinnedEngineDir, check_files, load_pinned, r
 from graphbuild.engine.manifest import MANIFEST, Manifest
 from graphbuild.errors import EngineError, InputError
 from graphbuild.plugin import DOMAIN, TP_EMBEDDING
-from graphbuild.runtime.executor import LocalExecutor
 from graphbuild.runtime.feeds import validate_feeds
+from graphbuild.runtime.protocol import Executor, ExecutorFactory, ExecutorRequest
+from graphbuild.runtime.schedule import Schedule
 
 #: Custom ops this graphbuild's plugin library provides, as (domain, op_type).
 PROVIDED_CUSTOM_OPS = {(DOMAIN, TP_EMBEDDING)}
+
+
+def _lazy(target: str) -> ExecutorFactory:
+    """A factory that imports ``module:attribute`` on first use (so mpi4py loads only for MPI)."""
+
+    def factory(request: ExecutorRequest) -> Executor:
+        module, attributes = target.split(":")
+        found: Any = importlib.import_module(module)
+        for attribute in attributes.split("."):
+            found = getattr(found, attribute)
+        return found(request)
+
+    return factory
+
+
+#: Executor name -> factory. ``Engine.load(executor=NAME)`` picks one.
+EXECUTORS: dict[str, ExecutorFactory] = {
+    "local": _lazy("graphbuild.runtime.executor:LocalExecutor.open"),
+    "mpi": _lazy("graphbuild.runtime.mpi_executor:MPIExecutor.open"),
+}
+
+
+def _rank_files(manifest: Manifest, schedule: Schedule, ranks: Sequence[int]) -> Manifest:
+    """The manifest with only the ``files`` entries that ``ranks`` read: their segments and the files beside them."""
+    folders = {str(Path(file).parent) for r in ranks for file in schedule.ranks[r].files}
+    return manifest.with_files({relpath: entry for relpath, entry in manifest.files.items() if str(Path(relpath).parent) in folders})
 
 
 class Engine:
@@ -33,7 +66,7 @@ class Engine:
         outputs: output specs in order.
     """
 
-    def __init__(self, path: Path, manifest: Manifest, executor: LocalExecutor) -> None:
+    def __init__(self, path: Path, manifest: Manifest, executor: Executor) -> None:
         self.path = path
         self.manifest = manifest
         self.name: str = manifest.name
@@ -41,52 +74,77 @@ class Engine:
         self.inputs = list(manifest.inputs)
         self.outputs = list(manifest.outputs)
         self._executor = executor
+        self._output_names = {spec.name for spec in self.outputs}
+
+    @property
+    def executor(self) -> Executor:
+        """The executor that runs this engine's schedule."""
+        return self._executor
 
     @classmethod
     def load(
         cls,
         path: Union[str, Path],
         *,
+        executor: Union[str, Executor] = "local",
         providers: Optional[Sequence[str]] = None,
         verify: bool = True,
         intra_op_threads: Optional[int] = None,
+        executor_options: Optional[Mapping[str, Any]] = None,
     ) -> "Engine":
         """Opens an engine directory.
 
         Args:
             path: the directory ``gb.build`` wrote.
+            executor: ``"local"`` (every rank in this process), ``"mpi"`` (this MPI process's rank;
+                start the script with ``mpiexec``), another name in ``EXECUTORS``, or a ready
+                ``Executor`` (then ``providers`` and ``intra_op_threads`` are its own business).
             providers: ONNX Runtime execution providers; default CUDA when present, else CPU.
-            verify: check every file's size and sha256 against the manifest first.
+            verify: check the size and sha256 of every file the executor opens first.
             intra_op_threads: threads per ONNX Runtime session (default: its own choice).
+            executor_options: options of the named executor (the MPI executor's ``replicas``,
+                ``world_ranks``, ``comm``: see docs/mpi.md).
 
         Raises:
             EngineError: missing, truncated, tampered or wrong-version engine; the message names
-                the file.
+                the file. An unknown executor name.
         """
         root = Path(path)
+        if isinstance(executor, str) and executor not in EXECUTORS:
+            raise EngineError(f"Engine.load: unknown executor {executor!r}; choose one of {sorted(EXECUTORS)}")
+        if not isinstance(executor, (str, Executor)):
+            raise EngineError(f"Engine.load: executor must be one of {sorted(EXECUTORS)} or an Executor, got {type(executor).__name__}")
 
         def load_from(pin: PinnedEngineDir) -> "Engine":  # every file is read through the pinned directory
             manifest = read_manifest(pin)
-            check_files(pin, manifest, checksums=verify)
             for op in manifest.custom_ops:
                 if (op.domain, op.op_type) not in PROVIDED_CUSTOM_OPS:
                     raise EngineError(f"{root / MANIFEST}: the engine needs custom op {op.domain}::{op.op_type}, which this graphbuild does not provide")
-            check_segments(pin, manifest)
-            executor = LocalExecutor(pin.root, manifest, providers=providers, intra_op_threads=intra_op_threads)
-            return cls(root, manifest, executor)
+            if not isinstance(executor, str):
+                return cls(root, manifest, executor)
+            schedule = Schedule.from_manifest(manifest, root)
+
+            def check_ranks(ranks: Sequence[int]) -> None:
+                check_files(pin, _rank_files(manifest, schedule, ranks), checksums=verify)
+                check_segments(pin, manifest, ranks)
+
+            request = ExecutorRequest(pin.root, manifest, schedule, list(providers) if providers is not None else None, intra_op_threads, check_ranks, dict(executor_options or {}))
+            return cls(root, manifest, EXECUTORS[executor](request))
 
         return load_pinned(root, load_from)
 
     def run(self, feeds: Mapping[str, Any], *, out: Optional[Mapping[str, np.ndarray]] = None) -> dict[str, np.ndarray]:
-        """Runs every rank in this process and returns the outputs (rank 0's) by name.
+        """Runs the engine and returns the outputs by name (rank 0's with the local executor, this
+        process's rank's with the MPI executor).
 
-        The returned arrays belong to the caller: they are fresh copies (or the ``out`` arrays), never
-        buffers a later call overwrites.
+        The returned arrays belong to the caller: distinct from each other and never overwritten by
+        a later call (or the ``out`` arrays).
 
         Args:
             feeds: input name -> array (numpy arrays of the declared dtype, or lists).
             out: optional output name -> preallocated array of the output's exact shape and dtype;
-                those outputs are written there (and returned) instead of into new arrays.
+                those outputs are written there (and returned) instead of into new arrays. On
+                error they are left as they were.
 
         Raises:
             InputError: feeds (or ``out``) do not match the engine's inputs (outputs); checked
@@ -94,17 +152,23 @@ class Engine:
             OutOfRangeIdError: an embedding id lies outside the vocabulary.
             ExecutionError: ONNX Runtime or a collective failed.
         """
-        arrays = validate_feeds(self.inputs, feeds, f"engine '{self.name}'")
+        arrays = self._feeds(feeds)
         if out is not None:
-            unknown = sorted(set(out) - {spec.name for spec in self.outputs})
+            unknown = sorted(set(out) - self._output_names)
             if unknown:
                 raise InputError(f"engine '{self.name}': out names unknown output(s) {unknown}; its outputs are {[s.name for s in self.outputs]}")
-        return self._executor.run_all_ranks(arrays, out)[0]
+        return self._executor.run(arrays, out)
 
     def run_all_ranks(self, feeds: Mapping[str, Any]) -> list[dict[str, np.ndarray]]:
         """Like ``run`` but returns every rank's outputs, in rank order."""
-        arrays = validate_feeds(self.inputs, feeds, f"engine '{self.name}'")
-        return self._executor.run_all_ranks(arrays)
+        return self._executor.run_all_ranks(self._feeds(feeds))
+
+    def _feeds(self, feeds: Any) -> dict[str, np.ndarray]:
+        """Validated feeds; an executor that shares feeds between processes (MPI) does it itself."""
+        share = getattr(self._executor, "share_feeds", None)
+        if share is not None:
+            return share(feeds)
+        return validate_feeds(self.inputs, feeds, f"engine '{self.name}'")
 
     def __repr__(self) -> str:
         ins = ", ".join(str(s) for s in self.inputs)

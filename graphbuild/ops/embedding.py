@@ -15,12 +15,7 @@ import numpy as np
 
 from graphbuild.errors import OutOfRangeIdError, ShapeInferenceError
 from graphbuild.ops.registry import LoweringContext, OpDef, TensorType, register
-from graphbuild.plugin import DOMAIN, TP_EMBEDDING
-
-
-def out_of_range_message(node_name: str, bad_id: int, position: int, vocab_size: int) -> str:
-    """The one wording of the out-of-range error, shared by the reference, plugin and lowered paths."""
-    return f"embedding '{node_name}': id {bad_id} at flat position {position} is outside the vocabulary [0, {vocab_size})"
+from graphbuild.plugin import DOMAIN, TP_EMBEDDING, format_out_of_range
 
 
 def check_ids(ids: np.ndarray, vocab_size: int, node_name: str) -> None:
@@ -29,7 +24,7 @@ def check_ids(ids: np.ndarray, vocab_size: int, node_name: str) -> None:
     bad = (flat < 0) | (flat >= vocab_size)
     if bad.any():
         position = int(np.argmax(bad))
-        raise OutOfRangeIdError(out_of_range_message(node_name, int(flat[position]), position, vocab_size))
+        raise OutOfRangeIdError(format_out_of_range(node_name, int(flat[position]), position, vocab_size))
 
 
 def lookup(ids: np.ndarray, table: np.ndarray, vocab_start: int, vocab_size: int, zero_out_of_range: bool, node_name: str) -> np.ndarray:
