@@ -5,8 +5,8 @@ collectives, ONNX nodes, weight bytes, graphbuild ops by count), each rank's ord
 whose steps are the same up to their rank index are listed once), the custom ops it needs, and
 every file with its checksum status. Exits non-zero, naming the bad files, when any file is
 missing, truncated or tampered with, or naming the field when the manifest is malformed or
-disagrees with its ONNX files. Nothing is loaded into ONNX Runtime. Given one segment ``.onnx``,
-it describes that model instead. ``--viz FILE`` also draws it (see ``graphbuild viz``).
+disagrees with its ONNX files. Nothing is loaded into ONNX Runtime. Given one segment
+``.onnx``, it describes that model instead. ``--viz FILE`` also draws it (see ``graphbuild viz``).
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def _same_steps(ranks: Sequence[RankPlan]) -> list[tuple[list[Any], RankPlan]]:
     for rank in ranks:
         index = rank.rank
         steps = []
-        for step in (step.to_json() for step in rank.steps):
+        for step in rank.to_json()["steps"]:
             step = dict(step, attrs={k: v for k, v in (step.get("attrs") or {}).items() if k != "rank"})
             if "file" in step:
                 step["file"] = str(step["file"]).replace(f"rank{index}/", "rank{R}/", 1)

@@ -18,9 +18,10 @@ from graphbuild.engine.files import PinnedEngineDir, check_files, load_pinned, r
 from graphbuild.engine.manifest import MANIFEST, Manifest
 from graphbuild.errors import EngineError, InputError
 from graphbuild.plugin import DOMAIN, TP_EMBEDDING
-from graphbuild.runtime.feeds import validate_feeds
+from graphbuild.runtime.feeds import FeedValidator
 from graphbuild.runtime.protocol import Executor, ExecutorFactory, ExecutorRequest
 from graphbuild.runtime.schedule import Schedule
+from graphbuild.runtime.session import check_providers, check_threads
 
 #: Custom ops this graphbuild's plugin library provides, as (domain, op_type).
 PROVIDED_CUSTOM_OPS = {(DOMAIN, TP_EMBEDDING)}
@@ -46,10 +47,10 @@ EXECUTORS: dict[str, ExecutorFactory] = {
 }
 
 
-def _rank_files(manifest: Manifest, schedule: Schedule, ranks: Sequence[int]) -> Manifest:
-    """The manifest with only the ``files`` entries that ``ranks`` read: their segments and the files beside them."""
-    folders = {str(Path(file).parent) for r in ranks for file in schedule.ranks[r].files}
-    return manifest.with_files({relpath: entry for relpath, entry in manifest.files.items() if str(Path(relpath).parent) in folders})
+def _rank_files(manifest: Manifest, ranks: Sequence[int]) -> dict[str, Any]:
+    """The manifest's ``files`` entries that ``ranks`` read: their segments and the files beside them."""
+    folders = {str(Path(step.file).parent) for r in ranks for step in manifest.ranks[r].segments}
+    return {relpath: entry for relpath, entry in manifest.files.items() if str(Path(relpath).parent) in folders}
 
 
 class Engine:
@@ -75,6 +76,8 @@ class Engine:
         self.outputs = list(manifest.outputs)
         self._executor = executor
         self._output_names = {spec.name for spec in self.outputs}
+        # An executor that shares feeds between processes (MPI) validates them itself.
+        self._feeds = getattr(executor, "share_feeds", None) or FeedValidator(self.inputs, f"engine '{self.name}'")
 
     @property
     def executor(self) -> Executor:
@@ -108,28 +111,33 @@ class Engine:
         Raises:
             EngineError: missing, truncated, tampered or wrong-version engine; the message names
                 the file. An unknown executor name.
+            ConfigurationError: bad ``providers`` or ``intra_op_threads`` (or the environment
+                variables ``GRAPHBUILD_PROVIDERS``, ``GRAPHBUILD_ORT_LOG_SEVERITY``), checked first.
         """
         root = Path(path)
-        if isinstance(executor, str) and executor not in EXECUTORS:
-            raise EngineError(f"Engine.load: unknown executor {executor!r}; choose one of {sorted(EXECUTORS)}")
-        if not isinstance(executor, (str, Executor)):
+        providers = check_providers(providers) if isinstance(executor, str) else providers
+        intra_op_threads = check_threads(intra_op_threads)
+        if not isinstance(executor, str) and not isinstance(executor, Executor):
             raise EngineError(f"Engine.load: executor must be one of {sorted(EXECUTORS)} or an Executor, got {type(executor).__name__}")
+        factory = EXECUTORS.get(executor) if isinstance(executor, str) else None
+        if isinstance(executor, str) and factory is None:
+            raise EngineError(f"Engine.load: unknown executor {executor!r}; choose one of {sorted(EXECUTORS)}")
 
         def load_from(pin: PinnedEngineDir) -> "Engine":  # every file is read through the pinned directory
             manifest = read_manifest(pin)
             for op in manifest.custom_ops:
                 if (op.domain, op.op_type) not in PROVIDED_CUSTOM_OPS:
                     raise EngineError(f"{root / MANIFEST}: the engine needs custom op {op.domain}::{op.op_type}, which this graphbuild does not provide")
-            if not isinstance(executor, str):
-                return cls(root, manifest, executor)
-            schedule = Schedule.from_manifest(manifest, root)
+            if factory is None:
+                return cls(root, manifest, executor)  # type: ignore[arg-type]
 
             def check_ranks(ranks: Sequence[int]) -> None:
-                check_files(pin, _rank_files(manifest, schedule, ranks), checksums=verify)
+                check_files(pin, manifest.with_files(_rank_files(manifest, ranks)), checksums=verify)
                 check_segments(pin, manifest, ranks)
 
-            request = ExecutorRequest(pin.root, manifest, schedule, list(providers) if providers is not None else None, intra_op_threads, check_ranks, dict(executor_options or {}))
-            return cls(root, manifest, EXECUTORS[executor](request))
+            schedule = Schedule.from_manifest(manifest)
+            request = ExecutorRequest(pin.root, manifest, schedule, providers, intra_op_threads, check_ranks, dict(executor_options or {}))
+            return cls(root, manifest, factory(request))
 
         return load_pinned(root, load_from)
 
@@ -162,13 +170,6 @@ class Engine:
     def run_all_ranks(self, feeds: Mapping[str, Any]) -> list[dict[str, np.ndarray]]:
         """Like ``run`` but returns every rank's outputs, in rank order."""
         return self._executor.run_all_ranks(self._feeds(feeds))
-
-    def _feeds(self, feeds: Any) -> dict[str, np.ndarray]:
-        """Validated feeds; an executor that shares feeds between processes (MPI) does it itself."""
-        share = getattr(self._executor, "share_feeds", None)
-        if share is not None:
-            return share(feeds)
-        return validate_feeds(self.inputs, feeds, f"engine '{self.name}'")
 
     def __repr__(self) -> str:
         ins = ", ".join(str(s) for s in self.inputs)
