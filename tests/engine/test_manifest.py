@@ -197,3 +197,16 @@ def test_unedited_engines_still_run(engine_copy):
     table = np.random.default_rng(0).standard_normal((40, 6)).astype(np.float32)
     for kind in ("plugin", "plain"):
         np.testing.assert_array_equal(gb.Engine.load(engine_copy(kind)).run({"input_ids": ids})["emb"], table[ids])
+
+
+def test_checking_some_ranks_opens_only_their_files(engine_copy):
+    from graphbuild.engine import PinnedEngineDir
+    from graphbuild.engine.consistency import check_segments
+
+    root = engine_copy()
+    (root / "rank1/segment0.onnx").write_bytes(b"\x08\x07not a model")
+    with PinnedEngineDir(root) as pin:
+        manifest = read_manifest(pin)
+        check_segments(pin, manifest, [0])  # an MPI process of rank 0 never reads rank 1's file
+        with pytest.raises(gb.EngineError, match=r"rank1/segment0\.onnx: not a readable ONNX model"):
+            check_segments(pin, manifest, [1])
