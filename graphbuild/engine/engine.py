@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from graphbuild.engine.consistency import check_external_data, check_segments, load_segment
+from graphbuild.engine.consistency import check_segments
 from graphbuild.engine.files import PinnedEngineDir, check_files, load_pinned, read_manifest
 from graphbuild.engine.manifest import MANIFEST, Manifest
 from graphbuild.errors import EngineError, InputError
@@ -133,12 +133,7 @@ class Engine:
 
             def check_ranks(ranks: Sequence[int]) -> None:
                 check_files(pin, manifest.with_files(_rank_files(manifest, ranks)), checksums=verify)
-                if sorted(ranks) == list(range(manifest.tp_size)):
-                    check_segments(pin, manifest)  # every rank: the manifest against all its files
-                    return
-                for rank in ranks:  # some ranks (one MPI process): their own files and nothing else
-                    for step in manifest.ranks[rank].segments:
-                        check_external_data(pin, manifest, step.file, load_segment(pin, step.file))
+                check_segments(pin, manifest, ranks)
 
             schedule = Schedule.from_manifest(manifest)
             request = ExecutorRequest(pin.root, manifest, schedule, providers, intra_op_threads, check_ranks, dict(executor_options or {}))
