@@ -22,6 +22,7 @@ from graphbuild.engine import FORMAT, FORMAT_VERSION, Engine, TensorSpec, write_
 from graphbuild.errors import GraphConstructionError, PartitionError
 from graphbuild.ir import Network, Node, Value
 from graphbuild.ir.value import format_shape
+from graphbuild.ops.registry import create_node
 from graphbuild.plugin import DOMAIN, DOMAIN_VERSION, TP_EMBEDDING
 
 
@@ -29,7 +30,7 @@ def _output_through_identity(net: Network) -> None:
     """Outputs that are constants get an identity node, so some segment produces them."""
     for name, value in list(net.outputs.items()):
         if value.is_constant:
-            net.outputs[name] = net.add_node("identity", [value], name=f"output/{name}").output
+            net.outputs[name] = create_node(net, "identity", [value], name=f"output/{name}").output
 
 
 def _collective_step(node: Node) -> dict[str, Any]:

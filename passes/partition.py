@@ -33,7 +33,7 @@ from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from graphbuild.errors import PartitionError
 from graphbuild.ir import Network, Node, Value, format_shape
-from graphbuild.ops.registry import get_op
+from graphbuild.ops.registry import create_node, get_op
 from graphbuild.sharding import hidden_split_sizes, shard_table, vocab_shard_rows
 
 # ------------------------------------------------------------------------------ tp size and group
@@ -166,7 +166,7 @@ class RankContext:
 
     def emit(self, op: str, inputs: Sequence[Optional[Value]], attrs: dict[str, Any], *, name: str, origin: Any = None) -> Node:
         """Adds a node to the rank network (its shape rule runs, as for any new node)."""
-        return self.net.add_node(op, list(inputs), attrs, name=name, origin=origin)
+        return create_node(self.net, op, list(inputs), attrs, name=name, origin=origin)
 
     def shard(self, weight: Value, sharding_dim: int, vocab_size: int) -> Value:
         """This rank's shard of the first ``vocab_size`` rows of the logical table ``weight``.

@@ -9,6 +9,7 @@ import pytest
 import graphbuild as gb
 from graphbuild import functional as F
 from graphbuild import reference
+from graphbuild.ops.registry import create_node
 from graphbuild.sharding import hidden_split_sizes, shard_table, vocab_shard_rows
 
 
@@ -104,7 +105,7 @@ def vocab_split_ranks(table, tp_size, *, out_of_range="error", instance_id=7):
             ids = net.add_input("ids", "int64", ("batch", "seq"))
             shard = gb.constant(shard_table(table, tp_size, rank, 0), name="wte.shard")
             attrs = {"vocab_start": rank * rows, "vocab_size": table.shape[0], "out_of_range": out_of_range, "name": "wte"}
-            part = net.add_node("tp_embedding", [ids.value, shard.value], attrs, name="wte").output.tensor()
+            part = create_node(net, "tp_embedding", [ids.value, shard.value], attrs, name="wte").output.tensor()
             full = F.allreduce(part, group=list(range(tp_size)), instance_id=instance_id, name="wte/allreduce")
             net.mark_output(full * 2.0, "emb")
         networks.append(net)
@@ -134,7 +135,7 @@ def test_hidden_split_with_uneven_columns(rng, dtype):
             ids = net.add_input("ids", "int32", ("n",))
             shard = gb.constant(shard_table(table, 3, rank, 1), name="wte.shard")
             attrs = {"vocab_start": 0, "vocab_size": 6, "out_of_range": "error", "name": "wte"}
-            part = net.add_node("tp_embedding", [ids.value, shard.value], attrs, name="wte").output.tensor()
+            part = create_node(net, "tp_embedding", [ids.value, shard.value], attrs, name="wte").output.tensor()
             net.mark_output(F.allgather(part, group=[0, 1, 2], axis=-1, sizes=sizes, instance_id=3), "emb")
         networks.append(net)
     ids = rng.integers(0, 6, size=8).astype(np.int32)

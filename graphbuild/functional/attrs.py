@@ -10,6 +10,7 @@ import numpy as np
 from graphbuild.errors import GraphConstructionError
 from graphbuild.ir.network import Network, as_value
 from graphbuild.ir.node import Node
+from graphbuild.ops.registry import create_node
 
 
 def plain(value: Any) -> Any:
@@ -26,7 +27,7 @@ def add_op(op: str, inputs: Sequence[Any], attrs: Optional[dict[str, Any]] = Non
     """Adds an ``op`` node reading ``inputs`` (Tensors or Values) to the first input's network,
     with every attribute made ``plain``."""
     values = [as_value(x) for x in inputs]
-    return values[0].network.add_node(op, values, {k: plain(v) for k, v in (attrs or {}).items()}, name=name)
+    return create_node(values[0].network, op, values, {k: plain(v) for k, v in (attrs or {}).items()}, name=name)
 
 
 def claim_instance_id(what: str, net: Network, instance_id: Optional[int]) -> int:

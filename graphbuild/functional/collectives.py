@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from graphbuild.errors import GraphConstructionError
 from graphbuild.functional.attrs import add_op, claim_instance_id
 from graphbuild.ir.network import as_value
-from graphbuild.tensor import Tensor
+
+if TYPE_CHECKING:
+    from graphbuild.tensor import Tensor
 
 
 def _collective(op: str, tensor: Tensor, group: Sequence[int], instance_id: Optional[int], workspace: Optional[Tensor], attrs: dict, name: Optional[str]) -> Tensor:

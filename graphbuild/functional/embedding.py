@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from graphbuild.errors import GraphConstructionError
 from graphbuild.functional.attrs import add_op, claim_instance_id
 from graphbuild.ir.network import as_value
 from graphbuild.sharding import hidden_split_sizes, vocab_shard_rows
-from graphbuild.tensor import Tensor
+
+if TYPE_CHECKING:
+    from graphbuild.tensor import Tensor
 
 OUT_OF_RANGE_MODES = ("error", "zero")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -21,7 +21,10 @@ from graphbuild.ir.node import Node, user_frame
 from graphbuild.ir.value import Shape, Value
 
 if TYPE_CHECKING:
-    from graphbuild.tensor import Tensor
+    from graphbuild.dtypes import DType
+
+#: An op's shape/dtype rule as the IR calls it: ``(dtype, shape)`` per output of the node.
+TypeRule = Callable[[Node], Sequence[tuple["DType", Shape]]]
 
 _CURRENT: contextvars.ContextVar[Optional["Network"]] = contextvars.ContextVar("graphbuild_network", default=None)
 
@@ -131,7 +134,7 @@ class Network:
         return used
 
     # ----------------------------------------------------------------------------- building
-    def add_input(self, name: str, dtype: dtypes.DTypeLike, shape: Sequence[int | str]) -> "Tensor":
+    def add_input(self, name: str, dtype: dtypes.DTypeLike, shape: Sequence[int | str]) -> Any:
         """Declares a graph input; dims are ints or symbolic names such as ``"batch"``.
 
         Raises:
@@ -143,7 +146,7 @@ class Network:
         self.inputs[value.name] = value
         return value.tensor()
 
-    def add_constant(self, array: Any, name: Optional[str] = None, dtype: Optional[dtypes.DTypeLike] = None) -> "Tensor":
+    def add_constant(self, array: Any, name: Optional[str] = None, dtype: Optional[dtypes.DTypeLike] = None) -> Any:
         """Adds a constant (an initializer in ONNX terms) holding a copy-free view of ``array``.
 
         Args:
@@ -165,7 +168,7 @@ class Network:
         self.constants[vname] = value
         return value.tensor()
 
-    def mark_output(self, tensor: "Tensor | Value", name: Optional[str] = None) -> None:
+    def mark_output(self, tensor: Any, name: Optional[str] = None) -> None:
         """Makes ``tensor`` a graph output under ``name`` (defaults to the value's name)."""
         value = as_value(tensor)
         if value.network is not self:
@@ -185,43 +188,46 @@ class Network:
         inputs: Sequence[Optional[Value]],
         attrs: Optional[dict[str, Any]] = None,
         *,
+        infer: TypeRule,
+        domain: str = "",
         name: Optional[str] = None,
         index: Optional[int] = None,
         origin: Optional[tuple[str, int, str]] = None,
     ) -> Node:
-        """Creates a node of registered op ``op`` and its typed outputs.
+        """Creates a node and its typed outputs.
 
-        The op's shape/dtype rule runs at once, so a bad call fails here, at the user's line.
+        The IR does not know ops: ``infer`` (the op's shape/dtype rule, which the op registry
+        supplies; see ``graphbuild.ops.create_node``) runs on the new node at once, so a bad call
+        fails here, at the user's line, before the node joins the network.
 
         Args:
-            op: registry name.
+            op: the op's name.
             inputs: values of this network (``None`` for an omitted optional input).
             attrs: plain-data attributes.
+            infer: ``infer(node) -> [(dtype, shape), ...]``, one entry per output.
+            domain: the op's domain.
             name: requested node name (scoped and made unique).
             index: insert at this position of ``nodes`` instead of appending (passes use this).
             origin: creation site; by default the innermost frame outside graphbuild.
         """
-        from graphbuild.ops.registry import get_op
-
-        opdef = get_op(op)
         for i, value in enumerate(inputs):
             if value is not None and value.network is not self:
                 raise GraphConstructionError(
                     f"{op}: input {i} {value.describe()} belongs to network '{value.network.name}', not '{self.name}'"
                 )
         node_name = self.node_names.claim(self._scoped(name)) if name else self.node_names.numbered(self._scoped(op))
-        node = Node(self, op, opdef.domain, node_name, tuple(inputs), dict(attrs or {}), origin or user_frame())
-        types = opdef.infer_types(node)
+        node = Node(self, op, domain, node_name, tuple(inputs), dict(attrs or {}), origin or user_frame())
+        types = infer(node)
         node.outputs = tuple(
             Value(
                 self,
                 self.value_names.claim(node_name if len(types) == 1 else f"{node_name}:{i}"),
-                t.dtype,
-                t.shape,
+                dtype,
+                shape,
                 producer=node,
                 index=i,
             )
-            for i, t in enumerate(types)
+            for i, (dtype, shape) in enumerate(types)
         )
         node._link_inputs()
         if index is None:
@@ -320,10 +326,29 @@ class Network:
         return counts
 
     def to_networkx(self):
-        """This network as a ``networkx.MultiDiGraph`` of values and ops (see ``graphbuild.ir.graph``)."""
+        """This network as a ``networkx.MultiDiGraph`` of values and ops (see ``graphbuild.ir.graph``).
+
+        Every attribute is a string, int, float or bool, so ``networkx.write_graphml`` and
+        ``write_gexf`` write the graph as it is: an op's attributes become ``attr.NAME`` entries
+        (``None`` left out; tuples and other values as text, and so is a name whose values differ
+        in type between nodes), and a graph output's names one comma-separated ``outputs`` string.
+        """
         from graphbuild.ir.graph import to_networkx
 
-        return to_networkx(self)
+        graph = to_networkx(self)
+        types: dict[str, set[type]] = {}
+        for _, data in graph.nodes(data=True):
+            for key, value in data.pop("attrs", {}).items():
+                if value is not None:
+                    data[f"attr.{key}"] = value if isinstance(value, (bool, int, float, str)) else str(list(value) if isinstance(value, tuple) else value)
+                    types.setdefault(f"attr.{key}", set()).add(type(data[f"attr.{key}"]))
+            if "outputs" in data:
+                data["outputs"] = ",".join(data["outputs"])
+        mixed = {key for key, kinds in types.items() if len(kinds) > 1}
+        for _, data in graph.nodes(data=True):
+            for key in mixed & data.keys():
+                data[key] = str(data[key])
+        return graph
 
     def __repr__(self) -> str:
         return (
@@ -337,14 +362,19 @@ class Network:
         return format_network(self)
 
 
-def as_value(x: Any) -> Value:
-    """The IR value behind a ``Tensor`` (or a ``Value`` itself)."""
-    from graphbuild.tensor import Tensor
+def is_value_like(x: Any) -> bool:
+    """Whether ``as_value`` accepts ``x`` (a ``Value``, or a handle such as a ``Tensor``)."""
+    return isinstance(x, Value) or isinstance(getattr(x, "value", None), Value)
 
-    if isinstance(x, Tensor):
-        return x.value
+
+def as_value(x: Any) -> Value:
+    """The IR value behind a handle (any object whose ``value`` is a ``Value``, as a ``Tensor``),
+    or a ``Value`` itself."""
     if isinstance(x, Value):
         return x
+    value = getattr(x, "value", None)
+    if isinstance(value, Value):
+        return value
     raise GraphConstructionError(
         f"expected a graphbuild Tensor, got {type(x).__name__}; wrap arrays with gb.constant(...)"
     )

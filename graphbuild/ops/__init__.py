@@ -1,6 +1,6 @@
 """Op definitions, grouped by family; importing this package registers every op."""
 
 from graphbuild.ops import collectives, elementwise, embedding, generate, math_ops, nn, reduce, shape  # noqa: F401
-from graphbuild.ops.registry import LoweringContext, OpDef, TensorType, get_op, register, registered_ops
+from graphbuild.ops.registry import LoweringContext, OpDef, TensorType, create_node, get_op, register, registered_ops
 
-__all__ = ["LoweringContext", "OpDef", "TensorType", "get_op", "register", "registered_ops"]
+__all__ = ["LoweringContext", "OpDef", "TensorType", "create_node", "get_op", "register", "registered_ops"]

@@ -29,6 +29,7 @@ from graphbuild.dtypes import DType
 from graphbuild.errors import GraphBuildError, GraphConstructionError, ShapeInferenceError
 
 if TYPE_CHECKING:
+    from graphbuild.ir.network import Network
     from graphbuild.ir.node import Node
     from graphbuild.ir.value import Shape, Value
 
@@ -129,6 +130,31 @@ def get_op(name: str) -> OpDef:
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
         raise GraphConstructionError(f"unknown op '{name}'; registered ops: {known}") from None
+
+
+def create_node(
+    net: "Network",
+    op: str,
+    inputs: Sequence[Optional["Value"]],
+    attrs: Optional[dict[str, Any]] = None,
+    *,
+    name: Optional[str] = None,
+    index: Optional[int] = None,
+    origin: Optional[tuple[str, int, str]] = None,
+) -> "Node":
+    """Adds a node of the registered op ``op`` to ``net``; its shape/dtype rule runs at once.
+
+    Args:
+        net: the network to add to.
+        op: registry name.
+        inputs: values of ``net`` (``None`` for an omitted optional input).
+        attrs: plain-data attributes.
+        name: requested node name (scoped and made unique).
+        index: insert at this position of ``net.nodes`` (passes use this).
+        origin: creation site; by default the innermost frame outside graphbuild.
+    """
+    opdef = get_op(op)
+    return net.add_node(op, inputs, attrs, infer=opdef.infer_types, domain=opdef.domain, name=name, index=index, origin=origin)
 
 
 def registered_ops() -> dict[str, OpDef]:
