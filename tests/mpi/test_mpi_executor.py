@@ -67,8 +67,9 @@ def _block_reference(x: np.ndarray, w: dict[str, np.ndarray], heads: int) -> np.
 
 # ------------------------------------------------------------------------------------- tests
 def test_two_processes_match_the_local_executor(run_mpi, spec, engines, tmp_path, rng):
-    """Both sharding dims with uneven vocab/hidden, the plugin-less lowering, and a transformer
-    block (attention + MLP: all-reduces of float32 partial sums), feeds on rank 0 only or on all."""
+    """Both sharding dims with uneven vocab/hidden, the plugin-less lowering, a transformer block
+    (attention + MLP: all-reduces of float32 partial sums) and a ``workspace``, feeds on rank 0
+    only or on all; the second call writes into ``out=`` arrays."""
     root, table = engines["root"], engines["table"]
     ids = rng.integers(0, table.shape[0], size=(2, 5)).astype(np.int64)
     ids[0, :2] = [0, table.shape[0] - 1]  # both ends of the vocabulary (the last shard's padding edge)
@@ -80,9 +81,17 @@ def test_two_processes_match_the_local_executor(run_mpi, spec, engines, tmp_path
         {"path": str(root / "emb2_1"), "feeds": str(tmp_path / "ids.npz"), "out": str(tmp_path / "emb2_1"), "feeds_on": "all"},
         {"path": str(root / "emb2_noplugin"), "feeds": str(tmp_path / "ids.npz"), "out": str(tmp_path / "emb2_noplugin")},
         {"path": str(root / "block2"), "feeds": str(tmp_path / "x.npz"), "out": str(tmp_path / "block2")},
+        {"path": str(root / "emb2_workspace"), "feeds": str(tmp_path / "ws.npz"), "out": str(tmp_path / "ws"), "feeds_on": "all"},
     ]
+    workspace = np.full(256, np.nan, np.float32)
+    np.savez(tmp_path / "ws.npz", input_ids=ids, workspace=workspace)
     done = run_mpi(2, ["worker", "run", spec({"jobs": jobs})])
     assert done.returncode == 0, done.stderr
+    for rank in range(2):  # each rank's workspace feed received the all-reduce's result
+        saved = _saved(str(tmp_path / "ws"), rank)
+        np.testing.assert_array_equal(saved["feed/workspace"][: ids.size * table.shape[1]], table[ids].reshape(-1))
+        np.testing.assert_array_equal(saved["first/embeddings"], table[ids])
+        assert saved["meta/out_used"]
     for name in ("emb2_0", "emb2_1", "emb2_noplugin"):
         _check_job(str(tmp_path / name), [0, 1], root / name, {"input_ids": ids}, table[ids])
     expected = _block_reference(x, engines["block_weights"], heads=6)

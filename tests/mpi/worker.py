@@ -6,8 +6,9 @@ spec, which the test (in the pytest process) compares with the local executor an
 Tasks:
 - ``run``: for each job ``{path, feeds, out, options, feeds_on, world_ranks_of}``, load the engine
   (only on the world ranks listed for it, default all), run it twice (the second call reuses the
-  plan), and write ``{out}.rank{R}.npz`` with ``first/NAME`` and ``second/NAME`` arrays and
-  ``all{r}/NAME`` from ``run_all_ranks``.
+  plan and writes into ``out=`` arrays), and write ``{out}.rank{R}.npz`` with ``first/NAME`` and ``second/NAME`` arrays and
+  ``all{r}/NAME`` from ``run_all_ranks`` (and ``feed/NAME``: the feeds after the calls, where
+  this rank had its own).
 - ``fault``: ``{path, feeds_by_rank: [npz, ...], out, then}``: each rank runs with its own feeds;
   the error each rank raised (class, message) goes to ``{out}.rank{R}.json``; with ``then`` (an npz
   of good feeds) the engine runs again and its outputs go to ``{out}.rank{R}.npz``.
@@ -48,9 +49,12 @@ def _run(spec: dict, world_rank: int) -> None:
         else:
             feeds = _feeds(job["feeds"]) if job.get("feeds_on", "rank0") == "all" or rank == 0 else None
         first = engine.run(feeds)
-        second = engine.run(feeds)
+        out = {name: np.empty_like(array) for name, array in first.items()}
+        second = engine.run(feeds, out=out)  # the plan made by the first call, into caller arrays
         every = engine.run_all_ranks(feeds)
         arrays = {f"first/{k}": v for k, v in first.items()}
+        arrays["meta/out_used"] = np.array(all(second[name] is out[name] for name in out))
+        arrays.update({f"feed/{k}": v for k, v in (feeds or {}).items()})
         arrays.update({f"second/{k}": v for k, v in second.items()})
         for r, outputs in enumerate(every):
             arrays.update({f"all{r}/{k}": v for k, v in outputs.items()})
