@@ -141,7 +141,8 @@ class MPIExecutor:
         differ = signatures_differ([ident for _, ident in identities])
         if differ:
             raise raised_everywhere(MPIError(f"{where}: rank(s) {differ} loaded an engine whose config.json differs from rank 0's; every host must see the same engine directory"))
-        self._groups = self._make_groups()
+        with self.watchdog.waiting("making the collectives' communicators"):
+            self._groups = self._make_groups()
         self._plans: collections.OrderedDict[tuple[Any, ...], RankPlan] = collections.OrderedDict()
         self._lock = threading.Lock()
 

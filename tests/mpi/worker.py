@@ -14,6 +14,7 @@ Tasks:
   of good feeds) the engine runs again and its outputs go to ``{out}.rank{R}.npz``.
 - ``kill``: rank 1 kills itself (SIGKILL) after loading; the others run.
 - ``hang``: rank 1 sleeps ``seconds`` after loading; the others run.
+- ``staged``: the host-staged collectives of CUDA tensors, driven with CPU tensors.
 - ``load``: every rank loads ``paths[world rank]`` (errors are left to the CLI-like handler below).
 """
 
@@ -77,6 +78,34 @@ def _fault(spec: dict, world_rank: int) -> None:
         np.savez(f"{spec['out']}.rank{world_rank}.npz", **engine.run(_feeds(spec["then"])))
 
 
+def _staged(spec: dict, world_rank: int) -> None:
+    """The host-staged path for device tensors, driven with CPU OrtValues: an all-reduce and an
+    uneven all-gather along axis 1 of this rank's ``(2, world_rank + 2)`` float32 block."""
+    from mpi4py import MPI
+
+    from graphbuild import dtypes
+    from graphbuild.runtime.collectives import SessionCache
+    from graphbuild.runtime.nccl_collectives import StagedCollective
+    from graphbuild.runtime.ortvalues import allocate, host_view, to_ortvalue
+    from graphbuild.runtime.schedule import CollectiveStep
+
+    comm = MPI.COMM_WORLD
+    size = comm.Get_size()
+    sessions = SessionCache(["CPUExecutionProvider"], None)
+    block = np.random.default_rng(world_rank).standard_normal((2, world_rank + 2)).astype(np.float32)
+    same = np.random.default_rng(world_rank).standard_normal((3, 4)).astype(np.float32)
+    results = {}
+    for op, array, shapes, shape in (
+        ("allreduce", same, [(3, 4)] * size, (3, 4)),
+        ("allgather", block, [(2, r + 2) for r in range(size)], (2, sum(r + 2 for r in range(size)))),
+    ):
+        step = CollectiveStep(op, op, 1, tuple(range(size)), "x", "y", axis=1)
+        source, target = to_ortvalue(array), allocate(shape, dtypes.float32, "cpu")
+        StagedCollective(comm, MPI, step, source, target, shapes, sessions).run()
+        results[op] = host_view(target).copy()
+    np.savez(f"{spec['out']}.rank{world_rank}.npz", **results)
+
+
 def main() -> int:
     from mpi4py import MPI
 
@@ -94,6 +123,8 @@ def main() -> int:
                 os.kill(os.getpid(), signal.SIGKILL)
             time.sleep(spec["seconds"])
         engine.run(_feeds(spec["feeds"]))
+    elif task == "staged":
+        _staged(spec, world_rank)
     elif task == "load":
         gb.Engine.load(spec["paths"][world_rank], executor="mpi")
     else:
