@@ -40,7 +40,7 @@ from graphbuild.engine.manifest import TensorSpec
 from graphbuild.errors import EngineError
 from graphbuild.runtime.collectives import SessionCache
 from graphbuild.runtime.feeds import validate_feeds
-from graphbuild.runtime.mpi_env import MPIError, Watchdog, agree, describe_error, import_mpi, raised_everywhere, rebuild_error, signatures_differ
+from graphbuild.runtime.mpi_env import MPIError, Watchdog, agree, describe_error, import_mpi, raise_first_failure, raised_everywhere, signatures_differ
 from graphbuild.runtime.mpi_plan import GroupComm, RankPlan
 from graphbuild.runtime.nccl_collectives import import_nccl, nccl_communicator
 from graphbuild.runtime.ortvalues import device_of
@@ -137,7 +137,7 @@ class MPIExecutor:
             error, identity = exc, ""
         with self.watchdog.waiting("loading the engine"):
             identities = self.comm.allgather((describe_error(error) if error is not None else None, identity))
-        self._raise_first([outcome for outcome, _ in identities])
+        raise_first_failure([outcome for outcome, _ in identities])
         differ = signatures_differ([ident for _, ident in identities])
         if differ:
             raise raised_everywhere(MPIError(f"{where}: rank(s) {differ} loaded an engine whose config.json differs from rank 0's; every host must see the same engine directory"))
@@ -154,13 +154,6 @@ class MPIExecutor:
         if unknown:
             raise EngineError(f"Engine.load: unknown option(s) {unknown} for the MPI executor; it takes comm, replicas and world_ranks")
         return cls(request, **options)
-
-    def _raise_first(self, outcomes: Sequence[Optional[tuple[str, str]]]) -> None:
-        failed = [(rank, outcome) for rank, outcome in enumerate(outcomes) if outcome is not None]
-        if failed:
-            rank, (name, message) = failed[0]
-            same = len(failed) == len(outcomes) and len({o[1] for _, o in failed}) == 1
-            raise rebuild_error(name, message if same or message.startswith(f"rank {rank}") else f"rank {rank}: {message}")
 
     def _make_groups(self) -> dict[tuple[int, ...], GroupComm]:
         """One communicator per distinct collective group (the engine's own for the full group)."""
@@ -206,7 +199,7 @@ class MPIExecutor:
         key = tuple((name, array.dtype.str, array.shape) for name, array in arrays.items()) if arrays is not None else None
         with self.watchdog.waiting("sharing the feeds"):
             states = self.comm.allgather((describe_error(error) if error is not None else None, key))
-        self._raise_first([outcome for outcome, _ in states])
+        raise_first_failure([outcome for outcome, _ in states])
         keys = [k for _, k in states]
         if keys[0] is None:
             raise raised_everywhere(MPIError(f"{self._owner}: rank 0 gave no feeds; give them on rank 0 (the others may pass None) or on every rank"))
