@@ -69,7 +69,7 @@ def _abort_with(mpi: Any, rank: int, exc: BaseException, args: argparse.Namespac
     message = " ".join(str(exc).split()) or type(exc).__name__
     if not isinstance(exc, GraphBuildError):
         message = f"unexpected {type(exc).__name__}: {message}"
-    print(f"graphbuild: error: rank {rank}: {message} (aborting the MPI job)", file=sys.stderr, flush=True)
+    sys.stderr.write(f"graphbuild: error: rank {rank}: {message} (aborting the MPI job)\n")  # one write: ranks share stderr
     abort(mpi, 1)
 
 

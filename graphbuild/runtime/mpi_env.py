@@ -209,11 +209,9 @@ class Watchdog:
                 current = self._open
             if current is not None and time.monotonic() > current[1]:
                 what = current[0]
-                print(
+                sys.stderr.write(  # one write: the ranks share stderr
                     f"graphbuild: error: rank {self.rank}: {what} waited more than {self.timeout:g} s for the other ranks "
-                    f"(GRAPHBUILD_MPI_TIMEOUT); aborting the job",
-                    file=sys.stderr,
-                    flush=True,
+                    f"(GRAPHBUILD_MPI_TIMEOUT); aborting the job\n"
                 )
                 abort(self.mpi, 1)
 

@@ -14,6 +14,7 @@ contents of its fixed-size buffers), so no peer is ever left waiting for it.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -49,7 +50,7 @@ class CollectiveRunner:
         try:
             self.transport.run()
         except Exception as exc:  # mpi4py's MPI.Exception, NCCL errors: the ranks can no longer agree
-            print(f"graphbuild: error: rank {self.rank}: {self.step.describe()} failed in MPI/NCCL: {exc}; aborting the job", flush=True)
+            sys.stderr.write(f"graphbuild: error: rank {self.rank}: {self.step.describe()} failed in MPI/NCCL: {exc}; aborting the job\n")
             abort(self.mpi, 1)
 
 
