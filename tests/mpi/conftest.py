@@ -146,6 +146,7 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             gb.build(embedding_network(tp_size, dim, table), root / f"emb{tp_size}_{dim}", overwrite=True)
     gb.build(embedding_network(3, 0, table, dtype="bfloat16"), root / "emb3_bf16", overwrite=True)
     gb.build(embedding_network(2, 0, table), root / "emb2_noplugin", use_plugin=False, overwrite=True)
+    gb.build(embedding_network(3, 0, table), root / "emb3_noplugin", use_plugin=False, overwrite=True)
     gb.build(embedding_network(2, 1, table, tp_group=[2, 3]), root / "emb2_group23", overwrite=True)
     gb.build(workspace_network(table), root / "emb2_workspace", overwrite=True)
     hidden, heads = 12, 6

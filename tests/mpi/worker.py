@@ -9,9 +9,10 @@ Tasks:
   plan and writes into ``out=`` arrays), and write ``{out}.rank{R}.npz`` with ``first/NAME`` and ``second/NAME`` arrays and
   ``all{r}/NAME`` from ``run_all_ranks`` (and ``feed/NAME``: the feeds after the calls, where
   this rank had its own).
-- ``fault``: ``{path, feeds_by_rank: [npz, ...], out, then}``: each rank runs with its own feeds;
-  the error each rank raised (class, message) goes to ``{out}.rank{R}.json``; with ``then`` (an npz
-  of good feeds) the engine runs again and its outputs go to ``{out}.rank{R}.npz``.
+- ``fault``: ``{jobs: [{path, feeds_by_rank: [npz, ...], out}], then}``: per job each rank runs
+  with its own feeds; the error each rank raised (class, message) goes to ``{out}.rank{R}.json``;
+  then the engine runs again with the good feeds of ``then`` and its outputs go to
+  ``{out}.rank{R}.npz``.
 - ``kill``: rank 1 kills itself (SIGKILL) after loading; the others run.
 - ``hang``: rank 1 sleeps ``seconds`` after loading; the others run.
 - ``staged``: the host-staged collectives of CUDA tensors, driven with CPU tensors.
@@ -66,16 +67,15 @@ def _run(spec: dict, world_rank: int) -> None:
 
 
 def _fault(spec: dict, world_rank: int) -> None:
-    engine = gb.Engine.load(spec["path"], executor="mpi")
-    feeds = _feeds(spec["feeds_by_rank"][world_rank])
-    try:
-        engine.run(feeds)
-        outcome = None
-    except GraphBuildError as exc:
-        outcome = [type(exc).__name__, str(exc)]
-    Path(f"{spec['out']}.rank{world_rank}.json").write_text(json.dumps(outcome))
-    if spec.get("then"):
-        np.savez(f"{spec['out']}.rank{world_rank}.npz", **engine.run(_feeds(spec["then"])))
+    for job in spec["jobs"]:
+        engine = gb.Engine.load(job["path"], executor="mpi")
+        try:
+            engine.run(_feeds(job["feeds_by_rank"][world_rank]))
+            outcome = None
+        except GraphBuildError as exc:
+            outcome = [type(exc).__name__, str(exc)]
+        Path(f"{job['out']}.rank{world_rank}.json").write_text(json.dumps(outcome))
+        np.savez(f"{job['out']}.rank{world_rank}.npz", **engine.run(_feeds(spec["then"])))
 
 
 def _staged(spec: dict, world_rank: int) -> None:
