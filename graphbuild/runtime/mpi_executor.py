@@ -40,7 +40,7 @@ from graphbuild.engine.manifest import TensorSpec
 from graphbuild.errors import EngineError
 from graphbuild.runtime.collectives import SessionCache
 from graphbuild.runtime.feeds import validate_feeds
-from graphbuild.runtime.mpi_env import MPIError, Watchdog, agree, describe_error, import_mpi, raise_first_failure, raised_everywhere, signatures_differ
+from graphbuild.runtime.mpi_env import MPIError, Watchdog, agree, describe_error, import_mpi, launched_by_mpi, raise_first_failure, raised_everywhere, signatures_differ
 from graphbuild.runtime.mpi_plan import GroupComm, RankPlan
 from graphbuild.runtime.nccl_collectives import import_nccl, nccl_communicator
 from graphbuild.runtime.ortvalues import device_of
@@ -78,10 +78,8 @@ def engine_communicator(mpi: Any, schedule: Schedule, manifest: Any, *, comm: An
         return world.Create_group(world.Get_group().Incl(ranks), tag=7411)
     if replicas < 1 or world.Get_size() != size * replicas:
         copies = f" x {replicas} replicas" if replicas != 1 else ""
-        raise raised_everywhere(MPIError(
-            f"{where}: mpiexec started {world.Get_size()} processes but the engine has {size} ranks{copies}; "
-            f"run it with mpiexec -n {size * max(replicas, 1)}"
-        ))
+        started = f"mpiexec started {world.Get_size()} processes" if launched_by_mpi() else "this process was not started by mpiexec"
+        raise raised_everywhere(MPIError(f"{where}: {started} but the engine has {size} ranks{copies}; run it with mpiexec -n {size * max(replicas, 1)}"))
     if replicas == 1:
         return world.Dup()
     return world.Split(color=world.Get_rank() // size, key=world.Get_rank() % size)
