@@ -42,7 +42,7 @@ from graphbuild.runtime.collectives import SessionCache
 from graphbuild.runtime.feeds import validate_feeds
 from graphbuild.runtime.mpi_env import MPIError, Watchdog, agree, describe_error, import_mpi, launched_by_mpi, raise_first_failure, raised_everywhere, signatures_differ
 from graphbuild.runtime.mpi_plan import GroupComm, RankPlan
-from graphbuild.runtime.nccl_collectives import import_nccl, nccl_communicator
+from graphbuild.runtime.nccl_collectives import import_nccl, nccl_communicator, usable_nccl
 from graphbuild.runtime.ortvalues import device_of
 from graphbuild.runtime.protocol import ExecutorRequest
 from graphbuild.runtime.schedule import CollectiveStep, Schedule
@@ -157,10 +157,11 @@ class MPIExecutor:
         """One communicator per distinct collective group (the engine's own for the full group)."""
         nccl = import_nccl() if self.device == "cuda" else None
         stream = None
+        if self.device == "cuda":
+            nccl = usable_nccl(nccl, self.comm)  # collective: every rank decides alike
         if nccl is not None:
             import cupy
 
-            cupy.cuda.Device(0).use()
             stream = cupy.cuda.Stream(non_blocking=True)
         groups: dict[tuple[int, ...], GroupComm] = {}
         for tag, (labels, members) in enumerate(self._members.items()):

@@ -3,6 +3,8 @@
 Every process loads engines with ``executor="mpi"`` and writes what it saw to files named by the
 spec, which the test (in the pytest process) compares with the local executor and with numpy.
 
+A spec with ``gpu_per_rank`` makes each process see only its own GPU (``CUDA_VISIBLE_DEVICES``).
+
 Tasks:
 - ``run``: for each job ``{path, feeds, out, options, feeds_on, world_ranks_of}``, load the engine
   (only on the world ranks listed for it, default all), run it twice (the second call reuses the
@@ -112,6 +114,8 @@ def main() -> int:
     task, spec_path = sys.argv[1], sys.argv[2]
     spec = json.loads(Path(spec_path).read_text())
     world_rank = MPI.COMM_WORLD.Get_rank()
+    if spec.get("gpu_per_rank"):  # before anything touches CUDA: this rank sees only its own GPU
+        os.environ["CUDA_VISIBLE_DEVICES"] = os.environ.get("MPI_LOCALRANKID", str(world_rank))
     if task == "run":
         _run(spec, world_rank)
     elif task == "fault":
