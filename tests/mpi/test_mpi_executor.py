@@ -100,7 +100,8 @@ def test_two_processes_match_the_local_executor(run_mpi, spec, engines, tmp_path
 
 def test_three_processes_match_the_local_executor(run_mpi, spec, engines, tmp_path, rng):
     """tp 3: the group-order sum of gathered parts (float32 block, bfloat16 embedding) and an
-    uneven all-gather along the last axis (7 columns over 3 ranks)."""
+    uneven all-gather along the last axis (7 columns over 3 ranks), through a scratch buffer and,
+    for a single token, straight into the output (``Allgatherv``)."""
     root, table = engines["root"], engines["table"]
     ids = rng.integers(0, table.shape[0], size=(3, 4)).astype(np.int64)
     np.savez(tmp_path / "ids.npz", input_ids=ids)
@@ -108,10 +109,14 @@ def test_three_processes_match_the_local_executor(run_mpi, spec, engines, tmp_pa
     np.savez(tmp_path / "x.npz", x=x)
     jobs = [{"path": str(root / name), "feeds": str(tmp_path / "ids.npz"), "out": str(tmp_path / name)} for name in ("emb3_0", "emb3_1", "emb3_bf16")]
     jobs.append({"path": str(root / "block3"), "feeds": str(tmp_path / "x.npz"), "out": str(tmp_path / "block3")})
+    one = np.array([[42]], dtype=np.int64)  # one token: each rank's columns are one contiguous block of the result
+    np.savez(tmp_path / "one.npz", input_ids=one)
+    jobs.append({"path": str(root / "emb3_1"), "feeds": str(tmp_path / "one.npz"), "out": str(tmp_path / "emb3_1_direct")})
     done = run_mpi(3, ["worker", "run", spec({"jobs": jobs})])
     assert done.returncode == 0, done.stderr
     for name in ("emb3_0", "emb3_1"):
         _check_job(str(tmp_path / name), [0, 1, 2], root / name, {"input_ids": ids}, table[ids])
+    _check_job(str(tmp_path / "emb3_1_direct"), [0, 1, 2], root / "emb3_1", {"input_ids": one}, table[one])
     bf16 = table.astype(ml_dtypes.bfloat16).astype(np.float32)[ids]
     _check_job(str(tmp_path / "emb3_bf16"), [0, 1, 2], root / "emb3_bf16", {"input_ids": ids}, bf16)
     expected = _block_reference(x, engines["block_weights"], heads=6)
