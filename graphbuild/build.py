@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import graphbuild
-from graphbuild.engine import FORMAT, FORMAT_VERSION, Engine, TensorSpec, write_engine
+from graphbuild.engine import Engine, TensorSpec, write_engine
+from graphbuild.engine.manifest import CollectiveStep, CustomOp, Manifest, RangeCheck, RankPlan, SegmentStep
 from graphbuild.errors import GraphConstructionError, PartitionError
 from graphbuild.ir import Network, Node, Value
 from graphbuild.ir.value import format_shape
@@ -33,19 +34,18 @@ def _output_through_identity(net: Network) -> None:
             net.outputs[name] = create_node(net, "identity", [value], name=f"output/{name}").output
 
 
-def _collective_step(node: Node) -> dict[str, Any]:
+def _collective_step(node: Node) -> CollectiveStep:
     workspace: Optional[Value] = node.inputs[1] if len(node.inputs) > 1 else None
-    return {
-        "kind": "collective",
-        "op": node.op,
-        "name": node.name,
-        "instance_id": node.attrs["instance_id"],
-        "group": list(node.attrs["group"]),
-        "input": node.inputs[0].name,
-        "workspace": workspace.name if workspace is not None else None,
-        "output": node.output.name,
-        "attrs": dict(node.attrs),  # plain data (verified); json writes tuples as lists
-    }
+    return CollectiveStep(
+        op=node.op,
+        name=node.name,
+        instance_id=node.attrs["instance_id"],
+        group=tuple(node.attrs["group"]),
+        input=node.inputs[0].name,
+        workspace=workspace.name if workspace is not None else None,
+        output=node.output.name,
+        attrs=dict(node.attrs),  # plain data (verified); json writes tuples as lists
+    )
 
 
 def _rank_networks(networks: Sequence[Network], verify_each_pass: bool, timings: Optional[dict[str, float]] = None) -> list[Network]:
@@ -147,7 +147,7 @@ class CompiledEngine:
         exports: ``(relative path, ExportedModel)`` per segment file.
     """
 
-    manifest: dict[str, Any]
+    manifest: Manifest
     exports: list[tuple[str, Any]]
 
 
@@ -236,10 +236,10 @@ def _compile(
         check_same_schedule(schedules)
 
     exports: list[tuple[str, Any]] = []
-    rank_entries = []
+    rank_entries: list[RankPlan] = []
     with clock("lower_onnx"):
         for rank, (net, steps) in enumerate(zip(ranks, schedules)):
-            entries = []
+            entries: list[Any] = []
             for step in steps:
                 if isinstance(step, CollectiveStep):
                     entries.append(_collective_step(step.node))
@@ -257,44 +257,41 @@ def _compile(
                 )
                 exports.append((relpath, exported))
                 entries.append(
-                    {
-                        "kind": "segment",
-                        "index": step.index,
-                        "file": relpath,
-                        "inputs": exported.inputs,
-                        "outputs": exported.outputs,
-                        "checks": exported.checks,
-                        "onnx_nodes": exported.onnx_nodes,
-                        "ops": exported.ops,
-                    }
+                    SegmentStep(
+                        index=step.index,
+                        file=relpath,
+                        inputs=tuple(exported.inputs),
+                        outputs=tuple(exported.outputs),
+                        checks=tuple(RangeCheck(c["tensor"], c["node"], c["vocab_size"], c["kind"]) for c in exported.checks),
+                        onnx_nodes=exported.onnx_nodes,
+                        ops=dict(exported.ops),
+                    )
                 )
             used = {v.name for node in net.nodes for v in node.inputs if v is not None and v.is_constant}
             rank_entries.append(
-                {
-                    "rank": rank,
-                    "weight_bytes": int(sum(v.const.nbytes for v in net.constants.values() if v.name in used)),
-                    "ops": net.op_counts(),
-                    "steps": entries,
-                    "outputs": {name: value.name for name, value in net.outputs.items()},
-                }
+                RankPlan(
+                    rank=rank,
+                    weight_bytes=int(sum(v.const.nbytes for v in net.constants.values() if v.name in used)),
+                    ops=net.op_counts(),
+                    steps=tuple(entries),
+                    outputs={name: value.name for name, value in net.outputs.items()},
+                )
             )
 
     needs_plugin = use_plugin and any(n.op == "tp_embedding" for net in ranks for n in net.nodes)
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "graphbuild_version": graphbuild.__version__,
-        "name": source.name,
-        "tp_size": len(ranks),
-        "tp_group": list(ranks[0].meta.get("tp_group", range(len(ranks)))),
-        "use_plugin": use_plugin,
-        "opset": opset,
-        "custom_ops": [{"domain": DOMAIN, "op_type": TP_EMBEDDING, "since_version": DOMAIN_VERSION}] if needs_plugin else [],
-        "inputs": [TensorSpec(v.name, v.dtype, v.shape).to_json() for v in source.inputs.values()],
-        "outputs": [TensorSpec(name, v.dtype, v.shape).to_json() for name, v in ranks[0].outputs.items()],
-        "ranks": rank_entries,
-    }
-    json.dumps(manifest)  # fail here, not half-way through writing, if an attribute is not JSON data
+    manifest = Manifest(
+        graphbuild_version=graphbuild.__version__,
+        name=source.name,
+        tp_size=len(ranks),
+        tp_group=tuple(ranks[0].meta.get("tp_group", range(len(ranks)))),
+        use_plugin=use_plugin,
+        opset=opset,
+        custom_ops=(CustomOp(DOMAIN, TP_EMBEDDING, DOMAIN_VERSION),) if needs_plugin else (),
+        inputs=tuple(TensorSpec(v.name, v.dtype, v.shape) for v in source.inputs.values()),
+        outputs=tuple(TensorSpec(name, v.dtype, v.shape) for name, v in ranks[0].outputs.items()),
+        ranks=tuple(rank_entries),
+    )
+    json.dumps(manifest.to_json())  # fail here, not half-way through writing, if an attribute is not JSON data
     return CompiledEngine(manifest, exports)
 
 

@@ -13,9 +13,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-from graphbuild.engine.manifest import MANIFEST, sha256_file
+from graphbuild.engine.files import sha256_file
+from graphbuild.engine.manifest import MANIFEST, FileEntry, Manifest
 from graphbuild.errors import EngineError
 
 
@@ -28,7 +29,7 @@ def _prepare_target(target: Path, overwrite: bool) -> None:
         raise EngineError(f"'{target}' exists and is not a graphbuild engine; refusing to replace it")
 
 
-def write_engine(target: Path, manifest: dict[str, Any], write_files: Callable[[Path], list[Path]], *, overwrite: bool = False) -> Path:
+def write_engine(target: Path, manifest: Manifest, write_files: Callable[[Path], list[Path]], *, overwrite: bool = False) -> Path:
     """Creates the engine directory ``target``.
 
     Args:
@@ -52,10 +53,10 @@ def write_engine(target: Path, manifest: dict[str, Any], write_files: Callable[[
         files = {}
         for path in sorted(written):
             relpath = path.relative_to(staging).as_posix()
-            files[relpath] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-        manifest = {**manifest, "files": files}
+            files[relpath] = FileEntry(path.stat().st_size, sha256_file(path))
+        manifest = manifest.with_files(files)
         with open(staging / MANIFEST, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(manifest, indent=2) + "\n")  # one write, not one per token
+            handle.write(json.dumps(manifest.to_json(), indent=2) + "\n")  # one write, not one per token
             handle.flush()
             os.fsync(handle.fileno())
         if target.exists():

@@ -1,25 +1,17 @@
-"""The local executor: runs every rank of an engine in one process.
+"""The local executor: runs every rank of an engine in one process, collectives in memory.
 
 Everything an engine run touches is made once and reused:
 
 - per engine (at load): one ONNX Runtime session per segment file, the collectives' helper
   sessions (``graphbuild.runtime.collectives``) on the same provider;
-- per input-shape signature (a ``Plan``, made by the first call with those shapes, at most
-  ``max_plans`` kept, least recently used dropped): one buffer per feed, per segment output and per
-  collective result, all ``OrtValue``s on the engine's device, and one IO binding per step with
-  its inputs and outputs bound to those buffers.
+- per input-shape signature: a ``Plan`` (``graphbuild.runtime.plan``: buffers, IO bindings and
+  pooled output memory), made by the first call with those shapes, at most ``max_plans`` kept,
+  least recently used dropped.
 
 A call then copies the feeds into their buffers, runs the steps in order (rank 0's step, rank 1's
-step, ...; collectives once for all ranks) and copies the outputs out. With the CUDA provider the
-buffers live on the GPU: intermediates never leave it, collectives run there, and only the
-outputs the caller gets back are copied to the host.
-
-Output-buffer policy: intermediate tensors live in the plan's buffers and are overwritten by the
-next call; what a call returns is never one of them. Outputs are copied into fresh arrays, or into
-the caller's arrays (``out=``), so a returned array stays valid after later calls. On CPU, a large
-output (``DIRECT_MIN_BYTES``) that no later step reads skips the copy: its segment writes straight
-into the array the call returns (the caller's ``out=`` array, or a fresh 64-byte-aligned one). A ``workspace``
-input of a collective receives a copy of the collective's result.
+step, ...; collectives once for all ranks) and hands the outputs over (see ``plan`` for the
+output-buffer policy). With the CUDA provider the buffers live on the GPU: intermediates never
+leave it, collectives run there, and only the outputs the caller gets back are copied to the host.
 
 An executor runs one call at a time (a lock serializes calls from several threads).
 """
@@ -27,26 +19,24 @@ An executor runs one call at a time (a lock serializes calls from several thread
 from __future__ import annotations
 
 import collections
-import dataclasses
 import threading
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
-import onnxruntime as ort
 
-from graphbuild import dtypes
-from graphbuild.errors import EngineError, ExecutionError, GraphBuildError, InputError, OutOfRangeIdError
-from graphbuild.plugin import format_out_of_range, parse_out_of_range
-from graphbuild.runtime.collectives import CollectiveRun, HostCopy, SessionCache
-from graphbuild.runtime.ortvalues import aligned_empty, allocate, device_of, host_view, to_ortvalue, write_into
+from graphbuild.errors import EngineError
+from graphbuild.runtime.collectives import SessionCache
+from graphbuild.runtime.ortvalues import device_of
+from graphbuild.runtime.plan import Plan
 from graphbuild.runtime.protocol import ExecutorRequest
-from graphbuild.runtime.schedule import CollectiveStep, Schedule, SegmentStep
+from graphbuild.runtime.schedule import Schedule
 from graphbuild.runtime.session import create_session, default_providers
 
 #: Plans (buffers and bindings for one set of input shapes) an executor keeps by default.
 MAX_PLANS = 8
 
+<<<<<<< HEAD
 #: Outputs at least this large are written straight into the returned arrays (CPU); smaller ones
 #: are copied out of the plan's buffer, which costs less than binding a new array on every call.
 DIRECT_MIN_BYTES = 1 << 20
@@ -315,6 +305,8 @@ def _host_reader(device: str, sessions: SessionCache) -> Callable[[ort.OrtValue,
 
     return read_device
 
+=======
+>>>>>>> main
 
 class LocalExecutor:
     """Runs all ranks of an engine in this process, collectives in memory (the ``"local"`` executor).
@@ -350,6 +342,7 @@ class LocalExecutor:
         self._plans: collections.OrderedDict[tuple[Any, ...], Plan] = collections.OrderedDict()
         self._max_plans = max(1, max_plans)
         self._lock = threading.Lock()
+        self._rank0 = (0,)
 
     @classmethod
     def open(cls, request: ExecutorRequest) -> "LocalExecutor":
@@ -374,13 +367,13 @@ class LocalExecutor:
             feeds: input name -> array, as ``validate_feeds`` returns them.
             out: optional output name -> array that receives rank 0's output of that name.
         """
-        return self._run(feeds, out)[0]
+        return self._run(feeds, out, self._rank0)[0]
 
     def run_all_ranks(self, feeds: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
         """Runs every rank; returns each rank's outputs, in rank order."""
-        return self._run(feeds, None)
+        return self._run(feeds, None, self.ranks)
 
-    def _run(self, feeds: Mapping[str, np.ndarray], out: Optional[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    def _run(self, feeds: Mapping[str, np.ndarray], out: Optional[Mapping[str, np.ndarray]], ranks: Sequence[int]) -> list[dict[str, np.ndarray]]:
         key = tuple(array.shape for array in feeds.values())
         with self._lock:
             plan = self._plans.get(key)
@@ -388,8 +381,7 @@ class LocalExecutor:
                 plan = Plan(self.schedule, self._segment_sessions, feeds, self.device, self._sessions)  # runs once
                 self._plans[key] = plan
                 if len(self._plans) > self._max_plans:
-                    self._plans.popitem(last=False)
-                return plan.results(out)
+                    self._plans.popitem(last=False)[1].close()
+                return plan.results(plan.check_out(out), ranks)
             self._plans.move_to_end(key)
-            written = plan.run(feeds, out)
-            return plan.results(out, written)
+            return plan.run(feeds, out, ranks)

@@ -314,7 +314,8 @@ def from_ranks(ranks: Sequence[Network], schedules: Sequence[Sequence[Any]], nam
                 continue
             seg_id = f"r{rank}/segment{step.index}"
             ids = [writer.node(node, band, seg_id) for node in step.nodes]
-            model.segments.append({"id": seg_id, "rank": rank, "index": step.index, "file": None, "band": band, "nodes": ids})
+            file = f"rank{rank}/segment{step.index}.onnx"  # where gb.build writes it
+            model.segments.append({"id": seg_id, "rank": rank, "index": step.index, "file": file, "band": band, "nodes": ids})
         writer.outputs(outputs)
     model.collectives = list(collectives.values())
     annotate_shards(model)
@@ -351,6 +352,9 @@ def annotate_shards(model: GraphModel) -> None:
             gathers = [r for r in readers.get(node["id"], []) if r["op"].lower() == "allgather"]
             n = int(attrs.get("tp_size", len(model.columns) if model.header["kind"] != "segment" else 1))
             rank = int(attrs.get("tp_rank", node["rank"] or 0))
+            if model.header["kind"] != "segment":  # ONNX's TPEmbedding leaves the rank to its file's place
+                attrs.setdefault("tp_size", n)
+                attrs.setdefault("tp_rank", rank)
             if gathers:
                 sizes = gathers[0]["attrs"].get("sizes") or [cols] * n
                 start = sum(sizes[:rank])

@@ -348,6 +348,10 @@
     hidden: function (id) { return hiddenBy.has(id); },
     screenOf: function (id) { const n = byId.get(id); const r = canvas.getBoundingClientRect(); return [r.left + (n.x - view.x) * view.scale, r.top + (n.y + n.h / 2 - view.y) * view.scale]; },
     drawMs: function () { const t = performance.now(); draw(); return performance.now() - t; },
+    select: function (name) {
+      const n = byId.get(name) || nodes.find(function (x) { return x.name === name; });
+      select(n || null); draw(); return n ? n.id : null;
+    },
     centerOn: function (id) { centerOn(byId.get(id)); draw(); }, fit: function (all) { fit(all); draw(); },
   };
   document.body.setAttribute("data-ready", "1");
