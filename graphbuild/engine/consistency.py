@@ -19,7 +19,7 @@ step and tensor.
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import onnx
 
@@ -106,8 +106,10 @@ def _show(kind: TensorType) -> str:
 def _collective_type(step: CollectiveStep, kinds: list[TensorType]) -> TensorType:
     """The result of ``step`` given its group members' inputs (in group order)."""
     first = kinds[0]
-    if step.op == "allreduce" or any(kind[1] is None for kind in kinds):
+    if step.op == "allreduce":
         return first
+    if any(kind[1] is None for kind in kinds):
+        return first[0], None  # a member's shape is unknown, so the gathered one is too
     dims = list(first[1])
     if not -len(dims) <= step.axis < len(dims):
         raise EngineError(f"{step.describe()}: gathers axis {step.axis} of a rank-{len(dims)} tensor")
@@ -117,8 +119,10 @@ def _collective_type(step: CollectiveStep, kinds: list[TensorType]) -> TensorTyp
     return first[0], tuple(dims)
 
 
-def check_segments(pin: PinnedEngineDir, manifest: Manifest) -> None:
-    """Checks every rank's segments against the manifest (see the module docstring).
+def check_segments(pin: PinnedEngineDir, manifest: Manifest, ranks: Optional[Sequence[int]] = None) -> None:
+    """Checks the segments of ``ranks`` (default: every rank) against the manifest (see the module
+    docstring). Other ranks' files are not opened (a process of the MPI executor reads only its
+    own); what they contribute to a collective counts as of unknown shape.
 
     Ranks are walked in lockstep (their schedules match), so an all-gather's result is known from
     what every member of its group contributes, uneven shards included.
@@ -130,12 +134,16 @@ def check_segments(pin: PinnedEngineDir, manifest: Manifest) -> None:
     source = pin.describe("config.json")
     types: list[dict[str, TensorType]] = [{spec.name: _spec_type(spec) for spec in manifest.inputs} for _ in manifest.ranks]
     position_of = {rank: position for position, rank in enumerate(manifest.tp_group)}
+    opened = set(range(len(manifest.ranks))) if ranks is None else set(ranks)
     for index in range(len(manifest.ranks[0].steps)):
         results = []
         for plan in manifest.ranks:
+            if plan.rank not in opened:
+                continue
             step = plan.steps[index]
             if isinstance(step, CollectiveStep):
-                members = [types[position_of[rank]][manifest.ranks[position_of[rank]].steps[index].input] for rank in step.group]
+                unknown = (types[plan.rank][step.input][0], None)  # a member whose files this process does not open
+                members = [types[position_of[rank]][manifest.ranks[position_of[rank]].steps[index].input] if position_of[rank] in opened else unknown for rank in step.group]
                 results.append((plan.rank, step.output, _collective_type(step, members)))
                 continue
             model = load_segment(pin, step.file)
@@ -145,7 +153,8 @@ def check_segments(pin: PinnedEngineDir, manifest: Manifest) -> None:
         for rank, name, kind in results:
             types[rank][name] = kind
     for plan in manifest.ranks:
-        _check_outputs(source, manifest, plan, types[plan.rank])
+        if plan.rank in opened:
+            _check_outputs(source, manifest, plan, types[plan.rank])
 
 
 def _check_outputs(source: object, manifest: Manifest, plan: RankPlan, types: dict[str, TensorType]) -> None:
