@@ -39,7 +39,7 @@ FAMILIES: dict[str, str] = {
 """Op family -> colour, in legend order."""
 
 _FAMILY_OPS = {
-    "embedding": {"embedding", "tpembedding", "gather"},
+    "embedding": {"embedding", "tpembedding"},
     "collective": {"allreduce", "allgather"},
     "matmul": {"matmul", "linear", "gemm", "einsum", "bmm"},
     "norm": {"layernorm", "layernormalization", "rmsnorm", "simplifiedlayernormalization", "batchnormalization"},
@@ -51,7 +51,7 @@ _FAMILY_OPS = {
     },
     "shape": {
         "reshape", "transpose", "split", "concat", "unsqueeze", "squeeze", "slice", "expand", "shape",
-        "range", "arangelike", "flatten", "identity", "constant", "constantofshape", "tile", "gatherelements",
+        "range", "arangelike", "flatten", "identity", "constant", "constantofshape", "tile", "gather", "gatherelements",
     },
 }  # fmt: skip
 COLLECTIVE_STYLES = {"allreduce": "all-reduce (sum)", "allgather": "all-gather (concat)"}
@@ -165,8 +165,11 @@ class GraphModel:
         """Adds one node (see the class docstring for its fields)."""
         if node_id in self._ids:
             raise ValueError(f"duplicate node id {node_id!r}")
+        family = op_family(op)
+        if op == "Gather" and weights and weights[0] is not None and len(weights[0]["shape"]) == 2:
+            family = "embedding"  # a lookup in a table (embeddings lowered without the plugin)
         node = {
-            "id": node_id, "name": name, "op": op, "domain": domain, "family": op_family(op),
+            "id": node_id, "name": name, "op": op, "domain": domain, "family": family,
             "tp": is_tp_embedding(op) or (op == "embedding" and int((attrs or {}).get("tp_size", 1)) > 1),
             "rank": rank, "column": column, "band": band, "segment": segment,
             "inputs": [t.as_json() for t in inputs], "outputs": [t.as_json() for t in outputs],
