@@ -327,13 +327,9 @@ class Plan:
 
     def copy_workspaces(self, feeds: Mapping[str, np.ndarray]) -> None:
         for name, result in self.workspaces:
-            workspace = feeds.get(name)
-            dtype = dtypes.from_onnx(result.element_type()).numpy
-            size = int(np.prod(result.shape(), dtype=np.int64))
-            if workspace is None or workspace.dtype != dtype or workspace.size < size or not workspace.flags.c_contiguous:
-                continue  # too small or not writable in place: the workspace is optional
-            target = workspace.reshape(-1)[:size].reshape(result.shape())
-            self._to_host(result, target)
+            target = workspace_view(feeds.get(name), result)
+            if target is not None:
+                self._to_host(result, target)
 
     def close(self) -> None:
         """Releases the pools' free memory (the plan is being dropped)."""
@@ -341,6 +337,17 @@ class Plan:
             for slot in slots:
                 if slot.pool is not None:
                     slot.pool.close()
+
+
+def workspace_view(workspace: Optional[np.ndarray], result: ort.OrtValue) -> Optional[np.ndarray]:
+    """The part of a ``workspace`` feed that receives a collective's ``result``, shaped like it;
+    None when there is no such feed or it cannot take the result in place (the workspace is
+    optional): another dtype, too small, not contiguous."""
+    dtype = dtypes.from_onnx(result.element_type()).numpy
+    size = int(np.prod(result.shape(), dtype=np.int64))
+    if workspace is None or workspace.dtype != dtype or workspace.size < size or not workspace.flags.c_contiguous:
+        return None
+    return workspace.reshape(-1)[:size].reshape(tuple(result.shape()))
 
 
 def _host_reader(device: str, sessions: SessionCache) -> Callable[[ort.OrtValue, Optional[np.ndarray]], np.ndarray]:
