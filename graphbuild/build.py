@@ -23,7 +23,7 @@ from graphbuild.errors import GraphConstructionError, PartitionError
 from graphbuild.ir import Network, Node, Value
 from graphbuild.ir.value import format_shape
 from graphbuild.ops.registry import create_node
-from graphbuild.plugin import DOMAIN, DOMAIN_VERSION, TP_EMBEDDING
+from graphbuild.plugin import DOMAIN_VERSION
 
 
 def _output_through_identity(net: Network) -> None:
@@ -61,7 +61,8 @@ def _rank_networks(networks: Sequence[Network], verify_each_pass: bool, timings:
         ranks = partition(optimized[0]) if len(optimized) == 1 else partition_ranks(optimized)
     tp_size = ranks[0].meta.get("tp_size", 1)
     if len(ranks) != tp_size:
-        rank = ranks[0].meta.get("tp_rank")
+        meta = ranks[0].meta
+        rank = meta["tp_group"][meta["tp_position"]]
         raise PartitionError(
             f"network '{networks[0].name}' is rank {rank} of a {tp_size}-rank group (rank-local mode); "
             "pass the networks of every rank as a list: gb.build([net_rank0, net_rank1, ...], path)"
@@ -279,7 +280,7 @@ def _compile(
                 }
             )
 
-    needs_plugin = use_plugin and any(n.op == "tp_embedding" for net in ranks for n in net.nodes)
+    custom = sorted({(n.domain, n.op_type) for _, exported in exports for n in exported.model.graph.node if n.domain})
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -289,7 +290,7 @@ def _compile(
         "tp_group": list(ranks[0].meta.get("tp_group", range(len(ranks)))),
         "use_plugin": use_plugin,
         "opset": opset,
-        "custom_ops": [{"domain": DOMAIN, "op_type": TP_EMBEDDING, "since_version": DOMAIN_VERSION}] if needs_plugin else [],
+        "custom_ops": [{"domain": domain, "op_type": op_type, "since_version": DOMAIN_VERSION} for domain, op_type in custom],
         "inputs": [TensorSpec(v.name, v.dtype, v.shape).to_json() for v in source.inputs.values()],
         "outputs": [TensorSpec(name, v.dtype, v.shape).to_json() for name, v in ranks[0].outputs.items()],
         "ranks": rank_entries,

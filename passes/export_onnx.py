@@ -241,9 +241,10 @@ def network_to_model(net: Network, *, use_plugin: bool = False, opset: int = DEF
             cannot be lowered.
     """
     for node in net.nodes:
-        if get_op(node.op).collective:
+        opdef = get_op(node.op)
+        if opdef.collective:
             raise ExportError(f"{node.describe()}: collectives cannot be exported into a single model; use gb.build{node.where()}")
-        if node.op == "embedding":
+        if opdef.logical:
             raise ExportError(f"{node.describe()}: run the partition pass first (graphbuild.passes.partition){node.where()}")
     exported = lower_nodes(net, net.nodes, list(net.inputs.values()), list(net.outputs.items()), use_plugin=use_plugin, opset=opset)
     return exported.model

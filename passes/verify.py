@@ -11,7 +11,8 @@ problem before raising, and each problem comes with a hint on how to fix it:
 - use lists: ``value.uses`` lists exactly the ``(node, index)`` pairs that read the value;
 - outputs: graph outputs are values of this network;
 - ops: every op is registered, with the registry's domain; attributes are plain data;
-- collectives: ``instance_id`` is an int, unique among the network's collectives and embeddings.
+- collectives: ``instance_id`` is an int, unique among the network's collectives and the ops whose
+  schema has an ``instance_id`` (embeddings).
 
 It runs in time linear in the size of the network.
 """
@@ -205,10 +206,10 @@ class _Checker:
         owners: dict[int, Node] = {}
         for node in nodes.values():
             try:
-                collective = get_op(node.op).collective
+                opdef = get_op(node.op)
             except GraphBuildError:
                 continue
-            if not collective and node.op != "embedding":
+            if not opdef.collective and not (opdef.attrs is not None and "instance_id" in opdef.attrs):
                 continue
             instance_id = node.attrs.get("instance_id") if isinstance(node.attrs, dict) else None
             if isinstance(instance_id, bool) or not isinstance(instance_id, int):

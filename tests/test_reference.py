@@ -171,9 +171,8 @@ def test_ranks_must_meet_at_the_same_collective(rng):
     with pytest.raises(gb.ExecutionError) as error:
         reference.run_ranks(ranks, {"ids": ids})
     assert str(error.value) == (
-        "run_ranks: the ranks do not meet at a common collective: "
-        "rank 0 waits at allreduce 'wte/allreduce' (instance_id=7, group [0, 1]); "
-        "rank 1 waits at allreduce 'wte/allreduce' (instance_id=8, group [0, 1])"
+        "collective #0 is allreduce 'wte/allreduce' (instance_id=7) on rank 0 (network 'rank0') but "
+        "allreduce 'wte/allreduce' (instance_id=8) on rank 1 (network 'rank1'); every rank must run the same collectives in the same order"
     )
 
 
@@ -184,7 +183,7 @@ def test_a_rank_that_finishes_early_is_reported(rng):
     with lonely:
         ids = lonely.add_input("ids", "int64", ("batch", "seq"))
         lonely.mark_output(F.identity(ids), "emb")
-    with pytest.raises(gb.ExecutionError, match=r"rank 0 waits at allreduce 'wte/allreduce' \(instance_id=7, group \[0, 1\]\); rank 1 has finished"):
+    with pytest.raises(gb.ExecutionError, match=r"rank 0 \(network 'rank0'\) runs 1 collectives but rank 1 \(network 'rank1'\) runs 0 \(the first unmatched one is allreduce 'wte/allreduce' \(instance_id=7\)"):
         reference.run_ranks([ranks[0], lonely], {"ids": np.array([[1]])})
 
 
@@ -196,7 +195,7 @@ def test_same_instance_id_with_a_different_op_is_a_mismatch(rng):
             x = net.add_input("x", "float32", (2,))
             net.mark_output(getattr(F, op)(x, group=[0, 1], instance_id=1, name="sync"), "y")
         nets.append(net)
-    with pytest.raises(gb.ExecutionError, match=r"instance_id=1 is allreduce 'sync' with group \[0, 1\] on rank 0 but allgather 'sync' with group \[0, 1\] on rank 1"):
+    with pytest.raises(gb.ExecutionError, match=r"collective #0 is allreduce 'sync' \(instance_id=1\) on rank 0 \(network 'rank0'\) but allgather 'sync' \(instance_id=1\) on rank 1"):
         reference.run_ranks(nets, {"x": np.ones(2, np.float32)})
 
 
@@ -210,8 +209,8 @@ def test_run_ranks_argument_errors(rng):
     with pytest.raises(gb.InputError, match="expected at least one network"):
         reference.run_ranks([], {})
     ranks[0].nodes[-2].attrs["group"] = (1, 2, 5)
-    with pytest.raises(gb.ExecutionError, match=r"rank 0's allreduce 'wte/allreduce' has group \[1, 2, 5\], which names ranks outside the 2 networks"):
+    with pytest.raises(gb.ExecutionError, match=r"rank 0 \(network 'rank0'\): allreduce 'wte/allreduce' \(instance_id=7\): group \[1, 2, 5\] names ranks outside the 2 ranks given"):
         reference.run_ranks(ranks, {"ids": np.array([[1]])})
     ranks[0].nodes[-2].attrs["group"] = (1,)
-    with pytest.raises(gb.ExecutionError, match=r"rank 0 reached allreduce 'wte/allreduce' but is not in its group \[1\]"):
+    with pytest.raises(gb.ExecutionError, match=r"rank 0 \(network 'rank0'\) runs allreduce 'wte/allreduce' \(instance_id=7\) but is not in its group \[1\]"):
         reference.run_ranks(ranks, {"ids": np.array([[1]])})
