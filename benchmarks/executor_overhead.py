@@ -12,7 +12,7 @@ run of the engine). Medians after warm-up, CPU provider.
 - per segment: (engine - sum of bare segment runs - the engine's collective steps) / segments; it
   includes feed validation, copying the feeds into the engine's buffers and copying the outputs out;
 - per collective: the engine's collective step (a tiny ONNX Runtime model on device buffers)
-  against the same collective done in numpy on host arrays (``OpDef.combine``).
+  against the same collective done in numpy on host arrays (``schedule.combine_host``).
 
 Peak memory: each engine of a float32 table (tp 1, 2, 4) is loaded (checksums verified) in a fresh
 subprocess and run over every row of the table (256 ids a call); it prints VmHWM (peak resident memory) above the process's resident memory
@@ -36,10 +36,9 @@ import onnxruntime as ort
 
 import graphbuild as gb
 from graphbuild import functional as F
-from graphbuild.ops.registry import get_op
 from graphbuild.runtime.collectives import CollectiveRun
-from graphbuild.runtime.executor import SegmentSpec
 from graphbuild.runtime.ortvalues import host_view
+from graphbuild.runtime.schedule import SegmentStep, combine_host
 from graphbuild.runtime.session import session_options
 
 CPU = ["CPUExecutionProvider"]
@@ -96,7 +95,7 @@ def overhead(label: str, engine: gb.Engine, feeds: dict[str, np.ndarray], thread
     for run in plan.runs:
         if isinstance(run, CollectiveRun):
             continue
-        spec: SegmentSpec = run.spec
+        spec: SegmentStep = run.spec
         session = ort.InferenceSession(str(engine.path / spec.file), sess_options=options, providers=CPU)
         inputs = {name: _host_copy(value) for name, value in zip(spec.inputs, run.inputs)}
         bare_us += _median_us(lambda: session.run(None, inputs), repeats)
@@ -108,7 +107,7 @@ def overhead(label: str, engine: gb.Engine, feeds: dict[str, np.ndarray], thread
     for c in collectives:
         spec = c.spec
         arrays = [_host_copy(v) for v in c.inputs]
-        numpy_coll_us += _median_us(lambda: get_op(spec.op).combine(spec, arrays, None), repeats)
+        numpy_coll_us += _median_us(lambda: combine_host(spec, arrays), repeats)
     per_segment = (engine_us - bare_us - engine_coll_us) / max(segments, 1)
     return {
         "engine": label,

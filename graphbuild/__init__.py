@@ -46,6 +46,7 @@ from graphbuild.engine import Engine
 from graphbuild.build import build
 from graphbuild import functional, reference
 from graphbuild.checkpoint import LoadReport, ParameterStore, load_safetensors, save_safetensors
+from graphbuild.viz import visualize
 
 
 def constant(array: Any, name: Optional[str] = None, dtype: Optional[dtypes.DTypeLike] = None) -> Tensor:
@@ -90,4 +91,5 @@ __all__ = [
     "load_safetensors",
     "reference",
     "save_safetensors",
+    "visualize",
 ]

@@ -117,6 +117,8 @@ class _Lowering:
     def emit(self, op_type: str, inputs: Sequence[str], outputs: Sequence[str], *, domain: str = "", name: Optional[str] = None, **attrs: Any) -> Sequence[str]:
         base = name or (f"{self._current.name}/{op_type}" if self._current is not None else op_type)
         node = helper.make_node(op_type, list(inputs), list(outputs), name=self._node_names.claim(base), domain=domain or None, **attrs)
+        if self._current is not None:  # which graphbuild node, created where: read by graphbuild viz
+            node.doc_string = f"{self._current.describe()}{self._current.where()}"
         self.nodes.append(node)
         if domain:
             self.domains.add(domain)

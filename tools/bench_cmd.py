@@ -10,7 +10,7 @@ For every table (vocab x hidden, dtype), thread count and token count it times t
 ``numpy.take``, ONNX Runtime's ``Gather``, ``TPEmbedding`` over the full table and over one vocab
 shard, a whole engine (``engine.run``) and ``torch.nn.functional.embedding`` when torch imports;
 every path's output is first compared with ``numpy.take`` (bit for bit). It prints one table per
-configuration and the performance issues' kernel targets; ``--json`` keeps everything for tracking.
+configuration and the kernel's performance targets; ``--json`` keeps everything for tracking.
 Pieces: ``bench_paths`` (the timed paths), ``bench_report`` (tables, targets, JSON).
 """
 
@@ -237,7 +237,7 @@ def measure_alternating(paths: Sequence[bench_paths.TimedPath], calls: int) -> l
     For paths of a few microseconds, as TPEmbedding and ORT Gather are at 1 to 16 tokens (nearly
     all of it ONNX Runtime's per-call cost), the machine's state drifts by a few percent between
     the blocks that ``measure`` times, which decides the sign of a ratio this close to 1: timed in
-    blocks, the ratio of the two landed anywhere in 0.94-1.12 over full runs on the development VM.
+    blocks, the ratio of the two landed anywhere in 0.94-1.12 over full runs on a 2-core development machine.
     Alternating call by call, drift hits them alike.
 
     What runs just before a call matters as well: a call that follows a call of the same op finds

@@ -1,5 +1,5 @@
 """What ``graphbuild bench`` prints and writes: the machine description, the results table, the
-kernel targets of the performance issues, and the ``--json`` document.
+kernel's performance targets, and the ``--json`` document.
 
 A result is a plain dict (one timed path in one configuration); the keys are the JSON fields:
 ``vocab, hidden, dtype, tokens, threads, device, path, label, ms, ms_min, samples, bytes,
@@ -231,7 +231,7 @@ def _small_rule(small: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
 
 
 def evaluate_targets(results: Sequence[dict[str, Any]], device: str) -> list[dict[str, Any]]:
-    """The kernel targets of issue 4 (CPU) or issue 5 (CUDA), scored on TPEmbedding over the full table."""
+    """The kernel's performance targets on CPU or CUDA, scored on TPEmbedding over the full table."""
     ours = [r for r in results if r["path"] == "tp_embedding"]
     large = [r for r in ours if r["tokens"] >= 4096]
     small = [r for r in ours if r["tokens"] <= 16]
@@ -257,8 +257,7 @@ def evaluate_targets(results: Sequence[dict[str, Any]], device: str) -> list[dic
 
 
 def format_targets(targets: Sequence[dict[str, Any]], device: str) -> str:
-    issue = "issue 4, CPU" if device == "cpu" else "issue 5, CUDA"
-    lines = [f"Kernel targets ({issue}; TPEmbedding over the full table):"]
+    lines = [f"Kernel targets ({'CPU' if device == 'cpu' else 'CUDA'}; TPEmbedding over the full table):"]
     for t in targets:
         verdict = "met" if t["met"] == t["total"] else "MISSED"
         line = f"  {verdict:<6} {t['target']}: {t['met']}/{t['total']} configurations; worst {t['worst']:.3f} ({t['worst_at']})"

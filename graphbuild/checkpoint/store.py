@@ -14,7 +14,7 @@ import difflib
 import json
 import math
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Sequence, Union
 
 import ml_dtypes
@@ -136,6 +136,23 @@ def read_header(path: PathLike) -> tuple[dict[str, TensorEntry], dict[str, str]]
     return entries, {str(k): str(v) for k, v in dict(metadata).items()}
 
 
+def _index_entry(index: Path, name: str, filename: object) -> str:
+    """The file name an index gives for tensor ``name``, checked to lie inside the index's folder.
+
+    The check is on the name as written (absolute, or with a ``..`` component, is refused); links
+    inside the folder are followed, as Hugging Face's cache links snapshot files to its blobs.
+    """
+    if not isinstance(filename, str) or not filename:
+        raise CheckpointError(f"{index}: maps tensor '{name}' to {filename!r}, which is not a file name")
+    pure = PurePosixPath(filename.replace("\\", "/"))
+    if pure.is_absolute() or PureWindowsPath(filename).drive or ".." in pure.parts:
+        raise CheckpointError(
+            f"{index}: maps tensor '{name}' to file '{filename}', outside the checkpoint directory "
+            f"{index.parent}; an index may only name files in its own directory (or below it)"
+        )
+    return filename
+
+
 class ParameterStore:
     """An index of the tensors of a safetensors checkpoint, read on demand through memory maps.
 
@@ -201,7 +218,7 @@ class ParameterStore:
             raise CheckpointError(f"{index}: not a safetensors index with a 'weight_map' object ({exc})") from None
         by_file: dict[str, list[str]] = {}
         for name, filename in weight_map.items():
-            by_file.setdefault(str(filename), []).append(name)
+            by_file.setdefault(_index_entry(index, name, filename), []).append(name)
         for filename, names in by_file.items():
             path = index.parent / filename
             if not path.is_file():

@@ -326,10 +326,29 @@ class Network:
         return counts
 
     def to_networkx(self):
-        """This network as a ``networkx.MultiDiGraph`` of values and ops (see ``graphbuild.ir.graph``)."""
+        """This network as a ``networkx.MultiDiGraph`` of values and ops (see ``graphbuild.ir.graph``).
+
+        Every attribute is a string, int, float or bool, so ``networkx.write_graphml`` and
+        ``write_gexf`` write the graph as it is: an op's attributes become ``attr.NAME`` entries
+        (``None`` left out; tuples and other values as text, and so is a name whose values differ
+        in type between nodes), and a graph output's names one comma-separated ``outputs`` string.
+        """
         from graphbuild.ir.graph import to_networkx
 
-        return to_networkx(self)
+        graph = to_networkx(self)
+        types: dict[str, set[type]] = {}
+        for _, data in graph.nodes(data=True):
+            for key, value in data.pop("attrs", {}).items():
+                if value is not None:
+                    data[f"attr.{key}"] = value if isinstance(value, (bool, int, float, str)) else str(list(value) if isinstance(value, tuple) else value)
+                    types.setdefault(f"attr.{key}", set()).add(type(data[f"attr.{key}"]))
+            if "outputs" in data:
+                data["outputs"] = ",".join(data["outputs"])
+        mixed = {key for key, kinds in types.items() if len(kinds) > 1}
+        for _, data in graph.nodes(data=True):
+            for key in mixed & data.keys():
+                data[key] = str(data[key])
+        return graph
 
     def __repr__(self) -> str:
         return (

@@ -19,15 +19,10 @@ from graphbuild.ir.value import format_shape
 from graphbuild.ops.collectives import combine_allgather, combine_allreduce
 from graphbuild.ops.registry import LoweringContext, OpDef, RankContext, TensorType, TPClaim, register
 from graphbuild.ops.schema import Attr, AttrSchema
-from graphbuild.plugin import DOMAIN, TP_EMBEDDING
+from graphbuild.plugin import DOMAIN, TP_EMBEDDING, format_out_of_range
 from graphbuild.sharding import hidden_split_sizes, shard_table, vocab_shard_rows
 
 OUT_OF_RANGE_MODES = ("error", "zero")
-
-
-def out_of_range_message(node_name: str, bad_id: int, position: int, vocab_size: int) -> str:
-    """The one wording of the out-of-range error, shared by the reference, plugin and lowered paths."""
-    return f"embedding '{node_name}': id {bad_id} at flat position {position} is outside the vocabulary [0, {vocab_size})"
 
 
 def check_ids(ids: np.ndarray, vocab_size: int, node_name: str) -> None:
@@ -36,7 +31,7 @@ def check_ids(ids: np.ndarray, vocab_size: int, node_name: str) -> None:
     bad = (flat < 0) | (flat >= vocab_size)
     if bad.any():
         position = int(np.argmax(bad))
-        raise OutOfRangeIdError(out_of_range_message(node_name, int(flat[position]), position, vocab_size))
+        raise OutOfRangeIdError(format_out_of_range(node_name, int(flat[position]), position, vocab_size))
 
 
 def lookup(ids: np.ndarray, table: np.ndarray, vocab_start: int, vocab_size: int, zero_out_of_range: bool, node_name: str) -> np.ndarray:

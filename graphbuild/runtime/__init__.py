@@ -1,4 +1,4 @@
-"""Running engines: ONNX Runtime sessions, OrtValue conversion, feed checks, the local executor.
+"""Running engines: schedules, executors, ONNX Runtime sessions, OrtValue conversion, feed checks.
 
 The modules that need ONNX Runtime (``executor``, ``session``) load on first use, so the numpy
 reference interpreter can share ``feeds`` without importing ONNX Runtime.
@@ -7,8 +7,10 @@ reference interpreter can share ``feeds`` without importing ONNX Runtime.
 from typing import Any
 
 from graphbuild.runtime.feeds import validate_feeds
+from graphbuild.runtime.protocol import Executor, ExecutorRequest
+from graphbuild.runtime.schedule import CollectiveStep, RankSchedule, Schedule, SegmentStep
 
-__all__ = ["LocalExecutor", "default_providers", "validate_feeds"]
+__all__ = ["CollectiveStep", "Executor", "ExecutorRequest", "LocalExecutor", "RankSchedule", "Schedule", "SegmentStep", "default_providers", "validate_feeds"]
 
 
 def __getattr__(name: str) -> Any:

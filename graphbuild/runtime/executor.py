@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import re
 import threading
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -38,13 +37,12 @@ import onnxruntime as ort
 
 from graphbuild import dtypes
 from graphbuild.errors import EngineError, ExecutionError, GraphBuildError, InputError, OutOfRangeIdError
-from graphbuild.ops.embedding import out_of_range_message
-from graphbuild.ops.registry import get_op
-from graphbuild.runtime.collectives import MODELLED_COLLECTIVES, CollectiveRun, HostCollectiveRun, HostCopy, SessionCache
+from graphbuild.plugin import format_out_of_range, parse_out_of_range
+from graphbuild.runtime.collectives import CollectiveRun, HostCopy, SessionCache
 from graphbuild.runtime.ortvalues import aligned_empty, allocate, device_of, host_view, to_ortvalue, write_into
+from graphbuild.runtime.protocol import ExecutorRequest
+from graphbuild.runtime.schedule import CollectiveStep, Schedule, SegmentStep
 from graphbuild.runtime.session import create_session, default_providers
-
-_PLUGIN_RANGE_ERROR = re.compile(r"TPEmbedding '(?P<node>[^']*)': id (?P<id>-?\d+) at flat position (?P<pos>\d+) is outside the vocabulary \[0, (?P<vocab>\d+)\)")
 
 #: Plans (buffers and bindings for one set of input shapes) an executor keeps by default.
 MAX_PLANS = 8
@@ -54,40 +52,16 @@ MAX_PLANS = 8
 DIRECT_MIN_BYTES = 1 << 20
 
 
-@dataclasses.dataclass
-class CollectiveSpec:
-    """A collective as the manifest records it; quacks like a node for ``OpDef.combine``."""
-
-    op: str
-    name: str
-    attrs: dict[str, Any]
-    input: str
-    output: str
-    workspace: Optional[str]
-
-    def describe(self) -> str:
-        return f"{self.op} '{self.name}'"
-
-
-@dataclasses.dataclass
-class SegmentSpec:
-    """One segment of one rank: its session and the tensor names it reads and writes."""
-
-    rank: int
-    file: str
-    session: ort.InferenceSession
-    inputs: list[str]
-    outputs: list[str]
-    checks: list[dict[str, Any]]
-
-
-def _translate_ort_error(exc: Exception, rank: int, file: str) -> GraphBuildError:
+def translate_ort_error(exc: Exception, step: SegmentStep) -> GraphBuildError:
+    """The ``GraphBuildError`` for ONNX Runtime's failure to run ``step``: the plugin's out-of-range
+    status becomes an ``OutOfRangeIdError`` in the user-facing wording, anything else an
+    ``ExecutionError`` naming the rank and file."""
     text = str(exc)
-    found = _PLUGIN_RANGE_ERROR.search(text)
+    found = parse_out_of_range(text)
     if found:
-        return OutOfRangeIdError(out_of_range_message(found["node"], int(found["id"]), int(found["pos"]), int(found["vocab"])))
+        return OutOfRangeIdError(format_out_of_range(*found))
     detail = text.strip().splitlines()[-1] if text.strip() else type(exc).__name__
-    return ExecutionError(f"rank {rank}, {file}: ONNX Runtime failed: {detail}")
+    return ExecutionError(f"{step.describe()}: ONNX Runtime failed: {detail}")
 
 
 class SegmentRun:
@@ -95,17 +69,19 @@ class SegmentRun:
 
     Args:
         spec: the segment.
+        session: its ONNX Runtime session.
         values: the rank's tensors so far (name -> OrtValue); gets this segment's outputs.
         device: where outputs are allocated (check tensors always go to host memory).
     """
 
-    def __init__(self, spec: SegmentSpec, values: dict[str, ort.OrtValue], device: str) -> None:
+    def __init__(self, spec: SegmentStep, session: ort.InferenceSession, values: dict[str, ort.OrtValue], device: str) -> None:
         self.spec = spec
-        self.binding = spec.session.io_binding()
+        self.session = session
+        self.binding = session.io_binding()
         self.inputs = [values[name] for name in spec.inputs]
         for name, value in zip(spec.inputs, self.inputs):
             self.binding.bind_ortvalue_input(name, value)
-        check_names = [check["tensor"] for check in spec.checks]
+        check_names = [check.tensor for check in spec.checks]
         for name in spec.outputs:
             self.binding.bind_output(name, device)
         for name in check_names:
@@ -113,7 +89,7 @@ class SegmentRun:
         self._execute()
         produced = self.binding.get_outputs()
         self.binding.clear_binding_outputs()
-        for name, value in zip(spec.outputs + check_names, produced):
+        for name, value in zip(list(spec.outputs) + check_names, produced):
             self.binding.bind_ortvalue_output(name, value)  # later runs write into the same buffers
         values.update(zip(spec.outputs, produced))
         self.outputs = list(produced[: len(spec.outputs)])
@@ -122,15 +98,15 @@ class SegmentRun:
 
     def _execute(self) -> None:
         try:
-            self.spec.session.run_with_iobinding(self.binding)
+            self.session.run_with_iobinding(self.binding)
         except Exception as exc:  # onnxruntime's exception classes derive from Exception only
-            raise _translate_ort_error(exc, self.spec.rank, self.spec.file) from None
+            raise translate_ort_error(exc, self.spec) from None
 
     def _check(self) -> None:
         for check, view in self.checks:
             position, bad_id, size = view.tolist()
             if position < size:
-                raise OutOfRangeIdError(out_of_range_message(check["node"], bad_id, position, check["vocab_size"]))
+                raise OutOfRangeIdError(format_out_of_range(check.node, bad_id, position, check.vocab_size))
 
     def run(self) -> None:
         self._execute()
@@ -161,16 +137,18 @@ class Plan:
     """Buffers and bindings for one set of input shapes; creating it runs the engine once.
 
     Args:
-        steps: per rank, the ordered ``SegmentSpec``s and ``CollectiveSpec``s.
-        outputs: per rank, output name -> tensor name.
+        schedule: the engine's steps, every rank.
+        segment_sessions: file -> the segment's ONNX Runtime session.
         feeds: validated feeds (name -> array).
         device: ``"cpu"`` or ``"cuda"``.
         sessions: the helper sessions of the engine.
     """
 
-    def __init__(self, steps: list[list[Any]], outputs: list[dict[str, str]], feeds: Mapping[str, np.ndarray], device: str, sessions: SessionCache) -> None:
-        read = {name for rank in steps for s in rank if isinstance(s, SegmentSpec) for name in s.inputs}
-        read |= {name for rank in outputs for name in rank.values()}
+    def __init__(self, schedule: Schedule, segment_sessions: Mapping[str, ort.InferenceSession], feeds: Mapping[str, np.ndarray], device: str, sessions: SessionCache) -> None:
+        steps = [rank.steps for rank in schedule.ranks]
+        outputs = [rank.outputs for rank in schedule.ranks]
+        read = {name for rank in steps for s in rank if isinstance(s, SegmentStep) for name in s.inputs}
+        read |= {tensor for rank in outputs for _, tensor in rank}
         self.feed_buffers = [(name, allocate(array.shape, dtypes.as_dtype(array.dtype), device)) for name, array in feeds.items() if name in read]
         self.load_feeds(feeds)
         shared = dict(self.feed_buffers)
@@ -179,10 +157,9 @@ class Plan:
         self.workspaces: list[tuple[str, ort.OrtValue]] = []
         for position in range(len(steps[0]) if steps else 0):
             first = steps[0][position]
-            if isinstance(first, CollectiveSpec):
+            if isinstance(first, CollectiveStep):
                 specs = [rank[position] for rank in steps]
-                kind = CollectiveRun if first.op in MODELLED_COLLECTIVES else HostCollectiveRun
-                collective = kind(first, [v[s.input] for s, v in zip(specs, values)], sessions, device)
+                collective = CollectiveRun(first, [v[s.input] for s, v in zip(specs, values)], sessions, device)
                 collective.run()
                 self.runs.append(collective)
                 for s, v in zip(specs, values):
@@ -191,14 +168,15 @@ class Plan:
                     self.workspaces.append((first.workspace, collective.output))
             else:
                 for rank, v in zip(steps, values):
-                    self.runs.append(SegmentRun(rank[position], v, device))
-        self.outputs = [[(name, v[tensor]) for name, tensor in rank.items()] for rank, v in zip(outputs, values)]
+                    step = rank[position]
+                    self.runs.append(SegmentRun(step, segment_sessions[step.file], v, device))
+        self.outputs = [[(name, v[tensor]) for name, tensor in rank] for rank, v in zip(outputs, values)]
         self._to_host = _host_reader(device, sessions)
         self.copy_workspaces(feeds)
         self.direct = self._direct_outputs(steps, outputs, feeds) if device == "cpu" else []
         self._bound: list[ort.OrtValue] = []
 
-    def _direct_outputs(self, steps: list[list[Any]], outputs: list[dict[str, str]], feeds: Mapping[str, np.ndarray]) -> list[DirectOutput]:
+    def _direct_outputs(self, steps: Sequence[Sequence[Any]], outputs: Sequence[Sequence[tuple[str, str]]], feeds: Mapping[str, np.ndarray]) -> list[DirectOutput]:
         """Outputs that only the caller reads: later calls let their segment write them straight
         into the returned arrays instead of into a plan buffer that is then copied."""
         segment_runs = iter(run for run in self.runs if isinstance(run, SegmentRun))
@@ -207,7 +185,7 @@ class Plan:
         for position in range(len(steps[0]) if steps else 0):
             for rank, rank_steps in enumerate(steps):
                 spec = rank_steps[position]
-                if isinstance(spec, CollectiveSpec):
+                if isinstance(spec, CollectiveStep):
                     read[rank].add(spec.input)
                     continue
                 run = next(segment_runs)
@@ -215,8 +193,8 @@ class Plan:
                 producer[rank].update({tensor: (run, i) for i, tensor in enumerate(spec.outputs)})
         direct = []
         for rank, rank_outputs in enumerate(outputs):
-            tensors = list(rank_outputs.values())
-            for name, tensor in rank_outputs.items():
+            tensors = [tensor for _, tensor in rank_outputs]
+            for name, tensor in rank_outputs:
                 if tensor in read[rank] or tensor not in producer[rank] or tensors.count(tensor) > 1:
                     continue
                 run, index = producer[rank][tensor]
@@ -332,11 +310,11 @@ def _host_reader(device: str, sessions: SessionCache) -> Callable[[ort.OrtValue,
 
 
 class LocalExecutor:
-    """Runs all ranks of an engine in this process, collectives in memory.
+    """Runs all ranks of an engine in this process, collectives in memory (the ``"local"`` executor).
 
     Args:
         root: the engine directory.
-        manifest: its validated manifest.
+        schedule: its parsed schedule.
         providers: ONNX Runtime execution providers (default: CUDA when present, else CPU).
         intra_op_threads: threads per session (default: ONNX Runtime's choice).
         max_plans: how many input-shape signatures keep their buffers (least recently used dropped).
@@ -345,64 +323,62 @@ class LocalExecutor:
     def __init__(
         self,
         root: Path,
-        manifest: Mapping[str, Any],
+        schedule: Schedule,
         *,
         providers: Optional[Sequence[str]] = None,
         intra_op_threads: Optional[int] = None,
         max_plans: int = MAX_PLANS,
     ) -> None:
-        ranks = manifest["ranks"]
-        if len(ranks) != manifest["tp_size"]:
-            raise EngineError(
-                f"{root}: the local executor needs all {manifest['tp_size']} ranks but the engine holds {len(ranks)}"
-            )
+        if len(schedule.ranks) != schedule.tp_size:
+            raise EngineError(f"{root}: the local executor needs all {schedule.tp_size} ranks but the engine holds {len(schedule.ranks)}")
         providers = list(providers) if providers is not None else default_providers()
-        needs_plugin = bool(manifest["custom_ops"])
-        self._steps: list[list[Any]] = []
-        for rank in ranks:
-            steps: list[Any] = []
-            for step in rank["steps"]:
-                if step["kind"] == "segment":
-                    session = create_session(root / step["file"], needs_plugin=needs_plugin, providers=providers, intra_op_threads=intra_op_threads)
-                    steps.append(SegmentSpec(rank["rank"], step["file"], session, list(step["inputs"]), list(step["outputs"]), list(step.get("checks", []))))
-                else:
-                    get_op(step["op"])  # unknown collectives fail at load, not mid-run
-                    steps.append(CollectiveSpec(step["op"], step["name"], dict(step.get("attrs", {})), step["input"], step["output"], step.get("workspace")))
-            self._steps.append(steps)
-        self._check_schedule(root)
-        self._outputs = [dict(rank["outputs"]) for rank in ranks]
+        self.schedule = schedule
+        self._segment_sessions = {
+            step.file: create_session(root / step.file, needs_plugin=schedule.needs_plugin, providers=providers, intra_op_threads=intra_op_threads)
+            for rank in schedule.ranks
+            for step in rank.segments
+        }
         self.device = device_of(providers)
         self._sessions = SessionCache(providers, intra_op_threads)
         self._plans: collections.OrderedDict[tuple[Any, ...], Plan] = collections.OrderedDict()
         self._max_plans = max(1, max_plans)
         self._lock = threading.Lock()
 
-    def _check_schedule(self, root: Path) -> None:
-        def signature(steps: list[Any]) -> list[Any]:
-            return [(s.op, s.attrs.get("instance_id")) if isinstance(s, CollectiveSpec) else "segment" for s in steps]
+    @classmethod
+    def open(cls, request: ExecutorRequest) -> "LocalExecutor":
+        """The ``"local"`` factory: checks every rank's files, then opens them all."""
+        request.check_ranks(range(request.schedule.tp_size))
+        return cls(request.root, request.schedule, providers=request.providers, intra_op_threads=request.intra_op_threads)
 
-        first = signature(self._steps[0])
-        for rank, steps in enumerate(self._steps[1:], start=1):
-            if signature(steps) != first:
-                raise EngineError(f"{root}: rank {rank}'s schedule {signature(steps)} differs from rank 0's {first}; rebuild the engine")
+    @property
+    def ranks(self) -> Sequence[int]:
+        """Every rank: they all run in this process."""
+        return range(self.schedule.tp_size)
 
     @property
     def plans(self) -> int:
         """How many input-shape signatures currently hold buffers."""
         return len(self._plans)
 
-    def run_all_ranks(self, feeds: Mapping[str, np.ndarray], out: Optional[Mapping[str, np.ndarray]] = None) -> list[dict[str, np.ndarray]]:
-        """Runs every rank; returns each rank's outputs (feeds must already be validated).
+    def run(self, feeds: Mapping[str, np.ndarray], out: Optional[Mapping[str, np.ndarray]] = None) -> dict[str, np.ndarray]:
+        """Runs every rank; returns rank 0's outputs (feeds must already be validated).
 
         Args:
             feeds: input name -> array, as ``validate_feeds`` returns them.
             out: optional output name -> array that receives rank 0's output of that name.
         """
+        return self._run(feeds, out)[0]
+
+    def run_all_ranks(self, feeds: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Runs every rank; returns each rank's outputs, in rank order."""
+        return self._run(feeds, None)
+
+    def _run(self, feeds: Mapping[str, np.ndarray], out: Optional[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         key = tuple(array.shape for array in feeds.values())
         with self._lock:
             plan = self._plans.get(key)
             if plan is None:
-                plan = Plan(self._steps, self._outputs, feeds, self.device, self._sessions)  # runs once
+                plan = Plan(self.schedule, self._segment_sessions, feeds, self.device, self._sessions)  # runs once
                 self._plans[key] = plan
                 if len(self._plans) > self._max_plans:
                     self._plans.popitem(last=False)

@@ -182,3 +182,38 @@ def test_saving_a_rank_slice_or_unknown_dtype_is_refused(tmp_path):
     raises(["tensor 'c'", "complex"], gb.save_safetensors, {"c": np.ones(2, np.complex64)}, tmp_path / "x.safetensors")
     raises(["dict of arrays", "list"], gb.save_safetensors, [1], tmp_path / "x.safetensors")
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+@pytest.mark.parametrize("escape", ["absolute", "parent", "inner parent"])
+def test_index_naming_a_file_outside_its_directory_is_refused(ckpt, tmp_path, escape):
+    # ckpt lies in tmp_path; the index lies one folder below it and points back up at it.
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "sub").mkdir()
+    filename = {"absolute": str(ckpt), "parent": f"../{ckpt.name}", "inner parent": f"sub/../../{ckpt.name}"}[escape]
+    index = folder / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"scale": filename, "up": filename}}))
+    for source in (index, folder):
+        message = raises([str(index), f"'{filename}'", "tensor 'scale'", "outside"], gb.ParameterStore, source)
+        assert "checkpoint directory" in message
+
+
+def test_index_may_name_files_in_subfolders_and_symlinks(rng, ckpt, tmp_path):
+    # Hugging Face's cache links each snapshot file to a blob elsewhere: a link is the user's
+    # own doing and is followed; only the names written in the index must stay inside.
+    folder = tmp_path / "model"
+    (folder / "shards").mkdir(parents=True)
+    scale = rng.standard_normal(3).astype(np.float32)
+    save_file({"scale": scale}, folder / "shards" / "b.safetensors")
+    (folder / "a.safetensors").symlink_to(ckpt)
+    index = folder / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"up": "a.safetensors", "scale": "shards/b.safetensors"}}))
+    store = gb.ParameterStore(folder)
+    assert sorted(store) == ["scale", "up"]
+    np.testing.assert_array_equal(store.read("scale"), scale)
+
+
+def test_index_naming_a_file_that_is_not_a_string(ckpt, tmp_path):
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"up": ckpt.name, "scale": 7}}))
+    raises([str(index), "tensor 'scale'", "7", "not a file name"], gb.ParameterStore, index)

@@ -173,4 +173,4 @@ def test_to_networkx_mirrors_values_ops_and_edges():
     assert nx.is_directed_acyclic_graph(graph)
     order = [graph.nodes[n]["op"] for n in nx.topological_sort(graph) if graph.nodes[n]["kind"] == "op"]
     assert order.index("relu") > min(i for i, op in enumerate(order) if op == "matmul")
-    assert graph.nodes[f"%{y.name}"]["outputs"] == ["y"]
+    assert graph.nodes[f"%{y.name}"]["outputs"] == "y"
