@@ -27,6 +27,7 @@ from graphbuild import dtypes
 from graphbuild.errors import ExportError, GraphBuildError
 from graphbuild.ir import Network, Node, Value
 from graphbuild.ir.names import Namespace
+from graphbuild.ops.emitter import OpEmitter
 from graphbuild.ops.registry import get_op
 from graphbuild.plugin import DOMAIN, DOMAIN_VERSION
 
@@ -105,6 +106,11 @@ class _Lowering:
         self._added_constants: set[str] = set()
 
     # --- LoweringContext --------------------------------------------------------------------
+    @property
+    def op(self) -> OpEmitter:
+        """``ctx.op.Gather(table, index, axis=0)``: emits one node, returns its output name."""
+        return OpEmitter(self, self._current.name if self._current is not None else "graph")
+
     def name(self, value: Value) -> str:
         if value.is_constant and value.name not in self._added_constants:
             self._added_constants.add(value.name)

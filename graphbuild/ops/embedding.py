@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import numpy as np
+from onnx import TensorProto as onnx_types
 
 from graphbuild.errors import GraphConstructionError, OutOfRangeIdError, PartitionError, ShapeInferenceError
 from graphbuild.ir.value import format_shape
@@ -307,16 +308,8 @@ def _lower_tp_embedding(ctx: LoweringContext, node: Any) -> None:
     out = ctx.name(node.output)
     zero = attrs["out_of_range"] == "zero"
     if ctx.use_plugin:
-        ctx.emit(
-            TP_EMBEDDING,
-            [ctx.name(ids), ctx.name(table)],
-            [out],
-            domain=DOMAIN,
-            name=attrs["name"],
-            vocab_size=int(attrs["vocab_size"]),
-            vocab_start=int(attrs["vocab_start"]),
-            zero_out_of_range=int(zero),
-        )
+        emit = getattr(ctx.op, TP_EMBEDDING)
+        emit(ids, table, out=out, domain=DOMAIN, name=attrs["name"], vocab_size=int(attrs["vocab_size"]), vocab_start=int(attrs["vocab_start"]), zero_out_of_range=int(zero))
         return
     _lower_tp_embedding_standard(ctx, node, out, zero)
 
@@ -331,44 +324,30 @@ def _lower_tp_embedding_standard(ctx: LoweringContext, node: Any, out: str, zero
     """
     ids, table = node.inputs
     attrs = node.attrs
-    rows = table.shape[0]
-    tag = attrs["name"]
+    rows, cols = table.shape
+    op = ctx.op
 
-    def const(value: Any, hint: str, dtype: Any = np.int64) -> str:
-        return ctx.constant(np.asarray(value, dtype=dtype), f"{tag}/{hint}")
+    def i64(value: Any) -> np.ndarray:
+        return np.asarray(value, dtype=np.int64)
 
     if table.is_constant:
-        padded = np.concatenate([table.const, np.zeros((1, table.shape[1]), table.const.dtype)])
-        table_name = ctx.constant(padded, f"{table.name}.zero_row_padded")
+        padded = ctx.constant(np.concatenate([table.const, np.zeros((1, cols), table.const.dtype)]), f"{table.name}.zero_row_padded")
     else:
-        zero_row = ctx.constant(np.zeros((1, table.shape[1]), table.dtype.numpy), f"{tag}/zero_row")
-        (table_name,) = ctx.emit("Concat", [ctx.name(table), zero_row], [ctx.fresh(f"{tag}/padded_table")], axis=0)
-    (ids64,) = ctx.emit("Cast", [ctx.name(ids)], [ctx.fresh(f"{tag}/ids64")], to=7)
-    (local,) = ctx.emit("Sub", [ids64, const(attrs["vocab_start"], "vocab_start")], [ctx.fresh(f"{tag}/local")])
-    (ge0,) = ctx.emit("GreaterOrEqual", [local, const(0, "zero")], [ctx.fresh(f"{tag}/ge0")])
-    (lt_rows,) = ctx.emit("Less", [local, const(rows, "rows")], [ctx.fresh(f"{tag}/lt_rows")])
-    (in_shard,) = ctx.emit("And", [ge0, lt_rows], [ctx.fresh(f"{tag}/in_shard")])
-    (in_vocab_lo,) = ctx.emit("GreaterOrEqual", [ids64, const(0, "zero_id")], [ctx.fresh(f"{tag}/id_ge0")])
-    (in_vocab_hi,) = ctx.emit("Less", [ids64, const(attrs["vocab_size"], "vocab_size")], [ctx.fresh(f"{tag}/id_lt_vocab")])
-    (in_vocab,) = ctx.emit("And", [in_vocab_lo, in_vocab_hi], [ctx.fresh(f"{tag}/in_vocab")])
-    (take,) = ctx.emit("And", [in_shard, in_vocab], [ctx.fresh(f"{tag}/take")])
-    (index,) = ctx.emit("Where", [take, local, const(rows, "zero_row_index")], [ctx.fresh(f"{tag}/index")])
-    ctx.emit("Gather", [table_name, index], [out], name=tag, axis=0)
+        padded = op.Concat(table, np.zeros((1, cols), table.dtype.numpy), axis=0)
+    ids64 = op.Cast(ids, to=onnx_types.INT64)
+    local = op.Sub(ids64, i64(attrs["vocab_start"]))
+    in_shard = op.And(op.GreaterOrEqual(local, i64(0)), op.Less(local, i64(rows)))
+    in_vocab = op.And(op.GreaterOrEqual(ids64, i64(0)), op.Less(ids64, i64(attrs["vocab_size"])))
+    index = op.Where(op.And(in_shard, in_vocab), local, i64(rows))
+    op.Gather(padded, index, axis=0, out=out, name=attrs["name"])
     if zero:
         return
     # check = [first bad flat position (== size when none), the id there, size]
-    (flat_ids,) = ctx.emit("Reshape", [ids64, const([-1], "flat")], [ctx.fresh(f"{tag}/flat_ids")])
-    (flat_ok,) = ctx.emit("Reshape", [in_vocab, const([-1], "flat_ok")], [ctx.fresh(f"{tag}/flat_ok")])
-    (bad,) = ctx.emit("Not", [flat_ok], [ctx.fresh(f"{tag}/bad")])
-    (bad_i,) = ctx.emit("Cast", [bad], [ctx.fresh(f"{tag}/bad_i32")], to=6)
-    (bad_ext,) = ctx.emit("Concat", [bad_i, const([1], "sentinel", np.int32)], [ctx.fresh(f"{tag}/bad_ext")], axis=0)
-    (pos,) = ctx.emit("ArgMax", [bad_ext], [ctx.fresh(f"{tag}/first_bad")], axis=0, keepdims=1)
-    (ids_ext,) = ctx.emit("Concat", [flat_ids, const([0], "pad_id")], [ctx.fresh(f"{tag}/ids_ext")], axis=0)
-    (bad_id,) = ctx.emit("Gather", [ids_ext, pos], [ctx.fresh(f"{tag}/bad_id")], axis=0)
-    (size,) = ctx.emit("Size", [ids64], [ctx.fresh(f"{tag}/size")])
-    (size1,) = ctx.emit("Reshape", [size, const([1], "one")], [ctx.fresh(f"{tag}/size1")])
-    (check,) = ctx.emit("Concat", [pos, bad_id, size1], [ctx.fresh(f"{tag}/check")], axis=0)
-    ctx.add_check(check, {"kind": "ids_in_vocab", "node": tag, "vocab_size": int(attrs["vocab_size"])})
+    bad = op.Cast(op.Not(op.Reshape(in_vocab, i64([-1]))), to=onnx_types.INT32)
+    first_bad = op.ArgMax(op.Concat(bad, np.array([1], np.int32), axis=0), axis=0, keepdims=1)
+    bad_id = op.Gather(op.Concat(op.Reshape(ids64, i64([-1])), i64([0]), axis=0), first_bad, axis=0)
+    check = op.Concat(first_bad, bad_id, op.Reshape(op.Size(ids64), i64([1])), axis=0)
+    ctx.add_check(check, {"kind": "ids_in_vocab", "node": attrs["name"], "vocab_size": int(attrs["vocab_size"])})
 
 
 TP_EMBEDDING_ATTRS = AttrSchema(

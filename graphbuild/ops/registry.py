@@ -35,6 +35,7 @@ from graphbuild.ops.schema import AttrSchema
 
 if TYPE_CHECKING:
     from graphbuild.ir.network import Network
+    from graphbuild.ops.emitter import OpEmitter
     from graphbuild.ir.node import Node
     from graphbuild.ir.value import Shape, Value
 
@@ -51,6 +52,11 @@ class LoweringContext(Protocol):
 
     opset: int
     use_plugin: bool
+
+    @property
+    def op(self) -> "OpEmitter":
+        """Emits ONNX nodes that read like ONNX: ``ctx.op.Gather(table, index, axis=0)`` returns
+        the output's name (see ``graphbuild.ops.emitter``)."""
 
     def name(self, value: "Value") -> str:
         """The ONNX tensor name of an IR value (inputs, constants and node outputs)."""
