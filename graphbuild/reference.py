@@ -75,7 +75,14 @@ class _Interpreter:
             raise ExecutionError(f"{self.owner}: {node.describe()} failed: {type(exc).__name__}: {exc}{node.where()}") from exc
 
     def inputs_of(self, node: Node) -> list[Any]:
-        return [None if v is None else self.env[v] for v in node.inputs]
+        try:
+            return [None if v is None else self.env[v] for v in node.inputs]
+        except KeyError:
+            missing = next(v for v in node.inputs if v is not None and v not in self.env)
+            raise ExecutionError(
+                f"{self.owner}: {node.describe()} reads {missing.describe()} before it is computed (misordered nodes or a "
+                f"cycle; graphbuild.passes.verify_network lists the problems){node.where()}"
+            ) from None
 
     def write_workspace(self, opdef: OpDef, node: Node, result: np.ndarray) -> None:
         """Copies an exchange's result into the fed workspace array, as engines do, when it fits."""

@@ -214,3 +214,42 @@ def test_run_ranks_argument_errors(rng):
     ranks[0].nodes[-2].attrs["group"] = (1,)
     with pytest.raises(gb.ExecutionError, match=r"rank 0 \(network 'rank0'\) runs allreduce 'wte/allreduce' \(instance_id=7\) but is not in its group \[1\]"):
         reference.run_ranks(ranks, {"ids": np.array([[1]])})
+
+
+# ------------------------------------------------------------------------------------ workspace
+
+
+def _workspace_network(table, tp_size):
+    net = gb.Network("ws")
+    with net:
+        ids = net.add_input("ids", "int64", ("n",))
+        workspace = net.add_input("workspace", "float32", ("m",))
+        net.mark_output(F.embedding(ids, gb.constant(table, name="wte.weight"), tp_size=tp_size, workspace=workspace, name="wte"), "emb")
+    return net
+
+
+def test_run_writes_the_workspace_as_engines_do(rng):
+    table = rng.standard_normal((12, 6)).astype(np.float32)
+    ids = np.array([1, 7, 11])
+    buffer = np.zeros(64, np.float32)
+    out = reference.run(_workspace_network(table, 2), {"ids": ids, "workspace": buffer})["emb"]
+    np.testing.assert_array_equal(out, table[ids])
+    np.testing.assert_array_equal(buffer[:18].reshape(3, 6), table[ids])
+    assert not buffer[18:].any()
+    small = np.zeros(4, np.float32)
+    reference.run(_workspace_network(table, 2), {"ids": ids, "workspace": small})
+    assert not small.any(), "a workspace too small is left alone"
+    untouched = np.zeros(64, np.float32)
+    reference.run(_workspace_network(table, 1), {"ids": ids, "workspace": untouched})
+    assert not untouched.any(), "no collective at tp_size 1, as in an engine"
+
+
+def test_run_ranks_writes_each_ranks_workspace(rng):
+    from graphbuild.passes import partition
+
+    table = rng.standard_normal((12, 6)).astype(np.float32)
+    ids = np.array([4, 0])
+    buffers = [np.zeros(12, np.float32), np.zeros(12, np.float32)]
+    reference.run_ranks(partition(_workspace_network(table, 2)), [{"ids": ids, "workspace": b} for b in buffers])
+    for buffer in buffers:
+        np.testing.assert_array_equal(buffer.reshape(2, 6), table[ids])

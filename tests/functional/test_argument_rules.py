@@ -96,8 +96,10 @@ def test_numpy_padding_idx():
 
 def test_tp_rank_outside_the_group_names_the_line():
     net, ids, table = _network()
+    with net:
+        shard = gb.constant(np.zeros((3, 4), np.float32))
     with pytest.raises(GraphConstructionError, match=r"tp_rank=3 is outside tp_group \[0, 1\] \(tp_size=2\)") as raised:
-        F.embedding(ids, gb.constant(np.zeros((3, 4), np.float32)), tp_size=2, tp_rank=3, vocab_size=6, name="wte")
+        F.embedding(ids, shard, tp_size=2, tp_rank=3, vocab_size=6, name="wte")
     assert f"(created at {HERE}:" in str(raised.value)
 
 
