@@ -157,15 +157,28 @@ class Network:
         """Adds a constant (an initializer in ONNX terms) holding a copy-free view of ``array``.
 
         Args:
-            array: array-like; its numpy dtype must be one of graphbuild's dtypes unless ``dtype``
-                is given.
+            array: array-like; a numpy array's dtype must be one of graphbuild's dtypes unless
+                ``dtype`` is given (graphbuild has no float64: a float64 array is refused rather
+                than computed in float32 behind the user's back). Python numbers and lists of them
+                become float32 (floats) or int64 (ints).
             name: a hierarchical name such as ``"wte.weight"``; generated when omitted.
             dtype: converts the array to this dtype first.
+
+        Raises:
+            GraphConstructionError: a float64 numpy array without ``dtype``, a dtype graphbuild
+                does not have, or a bad or taken name.
         """
         data = np.asarray(array)
         if dtype is not None:
             data = data.astype(dtypes.as_dtype(dtype).numpy, copy=False)
         elif data.dtype == np.float64:
+            if isinstance(array, (np.ndarray, np.generic)):
+                what = f"constant '{name}'" if name else "a constant"
+                raise GraphConstructionError(
+                    f"network '{self.name}': {what} is a float64 array of shape {data.shape}; graphbuild computes in "
+                    "float32, float16 or bfloat16 and does not narrow float64 silently: convert it "
+                    "(array.astype(np.float32)) or pass dtype='float32'"
+                )
             data = data.astype(np.float32)
         dt = dtypes.as_dtype(data.dtype)
         if name is not None:

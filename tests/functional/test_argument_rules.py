@@ -139,3 +139,22 @@ def test_constants_and_outputs_need_non_empty_names():
             gb.constant(np.zeros(2, np.float32), name="")
         with pytest.raises(GraphConstructionError, match=r"output name must be a non-empty string"):
             net.mark_output(x, "")
+
+
+# ---------------------------------------------------------------------------------- float64
+
+
+def test_a_float64_table_is_refused_not_narrowed():
+    net, ids, _ = _network()
+    with net:
+        with pytest.raises(GraphConstructionError, match=r"constant 'wte' is a float64 array of shape \(6, 4\); .* pass dtype='float32'"):
+            gb.constant(np.ones((6, 4)), name="wte")
+        assert "wte" not in net.constants
+        explicit = gb.constant(np.ones((6, 4)), name="wte", dtype="float32")
+        literal = gb.constant([0.5, 1.5])
+    assert explicit.dtype == gb.float32 and literal.dtype == gb.float32, "an explicit dtype and Python floats are fine"
+    with net:
+        table = net.add_input("table", "float32", (6, 4))
+    net.mark_output(F.embedding(ids, table), "e")
+    with pytest.raises(gb.InputError, match=r"input 'table' must be float32, got float64"):
+        gb.reference.run(net, {"ids": np.array([1]), "table": np.ones((6, 4))})
