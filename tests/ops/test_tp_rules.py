@@ -45,3 +45,13 @@ def test_what_embeddings_claim():
     assert (claims[1].tp_size, claims[1].group, claims[1].position, claims[1].logical) == (2, (3, 5), None, True)
     assert (claims[2].tp_size, claims[2].group, claims[2].position, claims[2].logical) == (2, (3, 5), 1, False)
     assert [opdef.exchanges(node) for node in net.nodes] == [False, False, True]
+
+
+def test_every_module_of_the_ops_package_is_imported():
+    import sys
+    from pathlib import Path
+
+    import graphbuild.ops
+
+    modules = {p.stem for p in Path(graphbuild.ops.__file__).parent.glob("*.py") if p.stem != "__init__"}
+    assert modules and all(f"graphbuild.ops.{m}" in sys.modules for m in modules)
