@@ -100,14 +100,14 @@ def measure(target_nodes: int, tp_size: int, workdir: Path) -> dict[str, Any]:
     net = _timed(timings, "build_network", synthetic_network, blocks, tp_size=tp_size)
     compiled = compile_engine(net, timings=timings)
     _timed(timings, "write", write_compiled, compiled, workdir / f"engine{target_nodes}", overwrite=True)
-    segments = sum(1 for rank in compiled.manifest["ranks"] for step in rank["steps"] if step["kind"] == "segment")
-    collectives = sum(1 for step in compiled.manifest["ranks"][0]["steps"] if step["kind"] == "collective")
+    segments = sum(len(rank.segments) for rank in compiled.manifest.ranks)
+    collectives = len(compiled.manifest.ranks[0].collectives)
     compile_total = sum(timings[p] for p in PHASES if p != "build_network")
     return {
         "nodes": len(net.nodes),
         "blocks": blocks,
         "tp_size": tp_size,
-        "rank_nodes": sum(sum(rank["ops"].values()) for rank in compiled.manifest["ranks"]),
+        "rank_nodes": sum(sum(rank.ops.values()) for rank in compiled.manifest.ranks),
         "segments": segments,
         "collectives_per_rank": collectives,
         "seconds": {p: timings.get(p, 0.0) for p in PHASES},

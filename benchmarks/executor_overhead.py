@@ -89,7 +89,7 @@ def overhead(label: str, engine: gb.Engine, feeds: dict[str, np.ndarray], thread
     engine_us = _median_us(lambda: engine.run(feeds), repeats)
 
     # Bare ONNX Runtime: each segment file in its own session, fed the engine's own inputs.
-    options = session_options(needs_plugin=bool(engine.manifest["custom_ops"]), intra_op_threads=threads)
+    options = session_options(needs_plugin=bool(engine.manifest.custom_ops), intra_op_threads=threads)
     bare_us = 0.0
     segments = 0
     for run in plan.runs:

@@ -26,6 +26,7 @@ from graphbuild import dtypes
 from graphbuild.dtypes import DType, bfloat16, float16, float32, int32, int64
 from graphbuild.errors import (
     CheckpointError,
+    ConfigurationError,
     EngineError,
     ExecutionError,
     ExportError,
@@ -56,6 +57,7 @@ def constant(array: Any, name: Optional[str] = None, dtype: Optional[dtypes.DTyp
 
 __all__ = [
     "CheckpointError",
+    "ConfigurationError",
     "DType",
     "Engine",
     "EngineError",

@@ -21,26 +21,26 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import graphbuild
-from graphbuild.engine import FORMAT, FORMAT_VERSION, Engine, TensorSpec, write_engine
+from graphbuild.engine import Engine, TensorSpec, write_engine
+from graphbuild.engine.manifest import CollectiveStep, CustomOp, Manifest, RangeCheck, RankPlan, SegmentStep
 from graphbuild.errors import GraphConstructionError, PartitionError
 from graphbuild.ir import Network, Node, Value
 from graphbuild.ir.value import format_shape
 from graphbuild.plugin import DOMAIN_VERSION
 
 
-def _collective_step(node: Node) -> dict[str, Any]:
+def _collective_step(node: Node) -> CollectiveStep:
     workspace: Optional[Value] = node.inputs[1] if len(node.inputs) > 1 else None
-    return {
-        "kind": "collective",
-        "op": node.op,
-        "name": node.name,
-        "instance_id": node.attrs["instance_id"],
-        "group": list(node.attrs["group"]),
-        "input": node.inputs[0].name,
-        "workspace": workspace.name if workspace is not None else None,
-        "output": node.output.name,
-        "attrs": dict(node.attrs),  # plain data (verified); json writes tuples as lists
-    }
+    return CollectiveStep(
+        op=node.op,
+        name=node.name,
+        instance_id=node.attrs["instance_id"],
+        group=tuple(node.attrs["group"]),
+        input=node.inputs[0].name,
+        workspace=workspace.name if workspace is not None else None,
+        output=node.output.name,
+        attrs=dict(node.attrs),  # plain data (verified); json writes tuples as lists
+    )
 
 
 @dataclasses.dataclass
@@ -54,7 +54,7 @@ class _State:
     ranks: list[Network] = dataclasses.field(default_factory=list)
     schedules: list[list[Any]] = dataclasses.field(default_factory=list)
     exports: list[tuple[str, Any]] = dataclasses.field(default_factory=list)
-    rank_entries: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    rank_entries: list[RankPlan] = dataclasses.field(default_factory=list)
 
 
 def _copy(state: _State) -> None:
@@ -90,7 +90,7 @@ def _lower(state: _State) -> None:
 
     source = state.networks[0]
     for rank, (net, steps) in enumerate(zip(state.ranks, state.schedules)):
-        entries = []
+        entries: list[Any] = []
         for step in steps:
             if isinstance(step, CollectiveStep):
                 entries.append(_collective_step(step.node))
@@ -108,26 +108,25 @@ def _lower(state: _State) -> None:
             )
             state.exports.append((relpath, exported))
             entries.append(
-                {
-                    "kind": "segment",
-                    "index": step.index,
-                    "file": relpath,
-                    "inputs": exported.inputs,
-                    "outputs": exported.outputs,
-                    "checks": exported.checks,
-                    "onnx_nodes": exported.onnx_nodes,
-                    "ops": exported.ops,
-                }
+                SegmentStep(
+                    index=step.index,
+                    file=relpath,
+                    inputs=tuple(exported.inputs),
+                    outputs=tuple(exported.outputs),
+                    checks=tuple(RangeCheck(c["tensor"], c["node"], c["vocab_size"], c["kind"]) for c in exported.checks),
+                    onnx_nodes=exported.onnx_nodes,
+                    ops=dict(exported.ops),
+                )
             )
         used = {v.name for node in net.nodes for v in node.inputs if v is not None and v.is_constant}
         state.rank_entries.append(
-            {
-                "rank": rank,
-                "weight_bytes": int(sum(v.const.nbytes for v in net.constants.values() if v.name in used)),
-                "ops": net.op_counts(),
-                "steps": entries,
-                "outputs": {name: value.name for name, value in net.outputs.items()},
-            }
+            RankPlan(
+                rank=rank,
+                weight_bytes=int(sum(v.const.nbytes for v in net.constants.values() if v.name in used)),
+                ops=net.op_counts(),
+                steps=tuple(entries),
+                outputs={name: value.name for name, value in net.outputs.items()},
+            )
         )
 
 
@@ -151,6 +150,17 @@ def phases(verify_each_pass: bool = False) -> Any:
             Phase("lower_onnx", _lower),
         ]
     )
+
+
+def rank_networks(networks: Sequence[Network], verify_each_pass: bool = False) -> list[Network]:
+    """The rank networks ``gb.build`` makes of ``networks``: the phases up to the per-rank cleanup
+    (``copy``, ``optimize``, ``partition``, ``rank_dce``), in rank order; ``networks`` stay as they are."""
+    runner = phases(verify_each_pass)
+    runner.phases = runner.phases[: runner.names.index("rank_dce") + 1]
+    return runner.run(_State(list(networks), False, 0, 0)).ranks
+
+
+_rank_networks = rank_networks  # the name graphbuild.viz imports
 
 
 @contextlib.contextmanager
@@ -205,7 +215,7 @@ class CompiledEngine:
             ``rank_dce``, ``segment``, ``lower_onnx``).
     """
 
-    manifest: dict[str, Any]
+    manifest: Manifest
     exports: list[tuple[str, Any]]
     phase_times: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -300,21 +310,19 @@ def _compile(
         add_seconds(timings, runner.seconds)
     source, ranks, exports = networks[0], state.ranks, state.exports
     custom = sorted({(n.domain, n.op_type) for _, exported in exports for n in exported.model.graph.node if n.domain})
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "graphbuild_version": graphbuild.__version__,
-        "name": source.name,
-        "tp_size": len(ranks),
-        "tp_group": list(ranks[0].meta.get("tp_group", range(len(ranks)))),
-        "use_plugin": use_plugin,
-        "opset": opset,
-        "custom_ops": [{"domain": domain, "op_type": op_type, "since_version": DOMAIN_VERSION} for domain, op_type in custom],
-        "inputs": [TensorSpec(v.name, v.dtype, v.shape).to_json() for v in source.inputs.values()],
-        "outputs": [TensorSpec(name, v.dtype, v.shape).to_json() for name, v in ranks[0].outputs.items()],
-        "ranks": state.rank_entries,
-    }
-    json.dumps(manifest)  # fail here, not half-way through writing, if an attribute is not JSON data
+    manifest = Manifest(
+        graphbuild_version=graphbuild.__version__,
+        name=source.name,
+        tp_size=len(ranks),
+        tp_group=tuple(ranks[0].meta.get("tp_group", range(len(ranks)))),
+        use_plugin=use_plugin,
+        opset=opset,
+        custom_ops=tuple(CustomOp(domain, op_type, DOMAIN_VERSION) for domain, op_type in custom),
+        inputs=tuple(TensorSpec(v.name, v.dtype, v.shape) for v in source.inputs.values()),
+        outputs=tuple(TensorSpec(name, v.dtype, v.shape) for name, v in ranks[0].outputs.items()),
+        ranks=tuple(state.rank_entries),
+    )
+    json.dumps(manifest.to_json())  # fail here, not half-way through writing, if an attribute is not JSON data
     return CompiledEngine(manifest, exports, dict(runner.seconds))
 
 

@@ -4,7 +4,8 @@ Prints the engine's name, format, tp_size, inputs and outputs, a per-rank table 
 collectives, ONNX nodes, weight bytes, graphbuild ops by count), each rank's ordered steps (ranks
 whose steps are the same up to their rank index are listed once), the custom ops it needs, and
 every file with its checksum status. Exits non-zero, naming the bad files, when any file is
-missing, truncated or tampered with. Nothing is loaded into ONNX Runtime. Given one segment
+missing, truncated or tampered with, or naming the field when the manifest is malformed or
+disagrees with its ONNX files. Nothing is loaded into ONNX Runtime. Given one segment
 ``.onnx``, it describes that model instead. ``--viz FILE`` also draws it (see ``graphbuild viz``).
 """
 
@@ -14,9 +15,12 @@ import argparse
 import json
 import sys
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from graphbuild.tools.common import CLIError, format_bytes, format_counts, format_shape, format_table
+
+if TYPE_CHECKING:
+    from graphbuild.engine.manifest import Manifest, RankPlan, TensorSpec
 
 
 def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -32,81 +36,80 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser.set_defaults(handler=run_inspect)
 
 
-def _specs_table(specs: list[dict[str, Any]]) -> str:
-    return format_table(["name", "dtype", "shape"], [(s["name"], s["dtype"], format_shape(s["shape"])) for s in specs])
+def _specs_table(specs: Sequence[TensorSpec]) -> str:
+    return format_table(["name", "dtype", "shape"], [(s.name, s.dtype.name, format_shape(list(s.shape))) for s in specs])
 
 
-def _rank_rows(manifest: dict[str, Any]) -> list[tuple[Any, ...]]:
+def _rank_rows(manifest: Manifest) -> list[tuple[Any, ...]]:
     rows = []
-    for rank in manifest["ranks"]:
-        steps = rank["steps"]
-        collectives = Counter(step["op"] for step in steps if step["kind"] == "collective")
+    for rank in manifest.ranks:
+        collectives = Counter(step.op for step in rank.collectives)
         rows.append(
             (
-                rank.get("rank", "?"),
-                sum(1 for s in steps if s["kind"] == "segment"),
+                rank.rank,
+                len(rank.segments),
                 format_counts(collectives),
-                sum(int(s.get("onnx_nodes", 0)) for s in steps if s["kind"] == "segment"),
-                format_bytes(int(rank.get("weight_bytes", 0))),
-                format_counts(rank.get("ops", {})),
+                sum(step.onnx_nodes for step in rank.segments),
+                format_bytes(rank.weight_bytes),
+                format_counts(rank.ops),
             )
         )
     return rows
 
 
-def _step_lines(rank: dict[str, Any]) -> list[str]:
+def _step_lines(rank: RankPlan) -> list[str]:
     rows = []
-    for position, step in enumerate(rank["steps"]):
-        if step["kind"] == "segment":
-            detail = f"{step['file']}  {step.get('onnx_nodes', '?')} ONNX node(s)  ops {format_counts(step.get('ops', {}))}"
-            flow = f"{', '.join(step.get('inputs', [])) or '-'} -> {', '.join(step.get('outputs', [])) or '-'}"
+    for position, step in enumerate(rank.steps):
+        if step.kind == "segment":
+            detail = f"{step.file}  {step.onnx_nodes} ONNX node(s)  ops {format_counts(step.ops)}"
+            flow = f"{', '.join(step.inputs) or '-'} -> {', '.join(step.outputs) or '-'}"
             rows.append((position, "segment", detail, flow))
         else:
-            detail = f"'{step.get('name', '?')}' instance {step.get('instance_id', '?')} group {step.get('group', '?')}"
-            rows.append((position, step["op"], detail, f"{step.get('input', '?')} -> {step.get('output', '?')}"))
+            detail = f"'{step.name}' instance {step.instance_id} group {list(step.group)}"
+            rows.append((position, step.op, detail, f"{step.input} -> {step.output}"))
     return format_table(["step", "kind", "what", "values"], rows, indent="    ").splitlines()
 
 
-def describe(manifest: dict[str, Any], path: str, checks: list[tuple[str, str]]) -> str:
+def describe(manifest: Manifest, path: str, checks: list[tuple[str, str]]) -> str:
     """The text ``graphbuild inspect`` prints."""
-    custom = ", ".join(f"{op['domain']}::{op['op_type']} (since version {op.get('since_version', '?')})" for op in manifest["custom_ops"])
+    custom = ", ".join(f"{op.domain}::{op.op_type} (since version {op.since_version})" for op in manifest.custom_ops)
     lines = [
-        f"engine '{manifest['name']}' at {path}",
-        f"  format      {manifest['format']} v{manifest['format_version']} (graphbuild {manifest.get('graphbuild_version', '?')}), opset {manifest.get('opset', '?')}",
-        f"  tp_size     {manifest['tp_size']}, tp_group {manifest.get('tp_group', '?')}",
+        f"engine '{manifest.name}' at {path}",
+        f"  format      {manifest.format} v{manifest.format_version} (graphbuild {manifest.graphbuild_version}), opset {manifest.opset if manifest.opset is not None else '?'}",
+        f"  tp_size     {manifest.tp_size}, tp_group {list(manifest.tp_group)}",
         f"  custom ops  {custom or 'none (standard ONNX only)'}",
         "",
         "inputs",
-        _specs_table(manifest["inputs"]),
+        _specs_table(manifest.inputs),
         "outputs",
-        _specs_table(manifest["outputs"]),
+        _specs_table(manifest.outputs),
         "",
         "ranks",
         format_table(["rank", "segments", "collectives", "onnx nodes", "weight bytes", "nodes by op"], _rank_rows(manifest)),
     ]
-    for ranks, rank in _same_steps(manifest["ranks"]):
+    for ranks, rank in _same_steps(manifest.ranks):
         title = f"rank {ranks[0]} steps" if len(ranks) == 1 else f"ranks {_rank_list(ranks)} steps (the same up to the rank index; rank {ranks[0]}'s shown)"
         lines += ["", title] + _step_lines(rank)
-    files = manifest["files"]
-    total = sum(int(entry.get("bytes", 0)) for entry in files.values())
+    files = manifest.files
+    total = sum(entry.size for entry in files.values())
     status = dict(checks)
     rows = []
     for relpath, entry in files.items():
         state = status.get(relpath, "not checked")
-        rows.append((relpath, format_bytes(int(entry.get("bytes", 0))), str(entry.get("sha256", ""))[:16], state if state == "ok" else state.upper()))
+        rows.append((relpath, format_bytes(entry.size), entry.sha256[:16], state if state == "ok" else state.upper()))
     bad = sum(1 for _, state in checks if state != "ok")
     verdict = f"all {len(checks)} files OK" if not bad else f"{bad} of {len(checks)} files FAILED"
     lines += ["", f"files ({len(files)}, {format_bytes(total)})", format_table(["file", "size", "sha256", "check"], rows), f"checksums: {verdict}"]
     return "\n".join(lines)
 
 
-def _same_steps(ranks: list[dict[str, Any]]) -> list[tuple[list[Any], dict[str, Any]]]:
+def _same_steps(ranks: Sequence[RankPlan]) -> list[tuple[list[Any], RankPlan]]:
     """Ranks grouped by their steps with the rank index taken out (file paths, collective ``rank``)."""
-    groups: dict[str, tuple[list[Any], dict[str, Any]]] = {}
-    for position, rank in enumerate(ranks):
-        index = rank.get("rank", position)
+    groups: dict[str, tuple[list[Any], RankPlan]] = {}
+    for rank in ranks:
+        index = rank.rank
         steps = []
-        for step in rank["steps"]:
+        for step in rank.to_json()["steps"]:
             step = dict(step, attrs={k: v for k, v in (step.get("attrs") or {}).items() if k not in ("rank", "tp_position")})
             if "file" in step:
                 step["file"] = str(step["file"]).replace(f"rank{index}/", "rank{R}/", 1)
@@ -156,7 +159,9 @@ def describe_segment(path: str) -> str:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from graphbuild.engine import read_manifest, verify_files
+    from graphbuild.engine import PinnedEngineDir, read_manifest, verify_files
+    from graphbuild.engine.consistency import check_segments
+    from graphbuild.errors import EngineError
 
     if args.engine.endswith(".onnx"):
         if args.json:
@@ -164,10 +169,17 @@ def run_inspect(args: argparse.Namespace) -> int:
         print(describe_segment(args.engine))
         _write_picture(args)
         return 0
-    manifest = read_manifest(args.engine)
-    checks = verify_files(args.engine, manifest)
+    with PinnedEngineDir(args.engine) as pin:  # one engine, even if a build replaces it meanwhile
+        manifest = read_manifest(pin)
+        checks = verify_files(pin, manifest)
+        mismatch = None
+        if all(state == "ok" for _, state in checks):
+            try:
+                check_segments(pin, manifest)
+            except EngineError as exc:
+                mismatch = str(exc)
     if args.json:
-        report = {"path": args.engine, "manifest": manifest, "files": {rel: state for rel, state in checks}}
+        report = {"path": args.engine, "manifest": manifest.to_json(), "files": {rel: state for rel, state in checks}}
         print(json.dumps(report, indent=2))
     else:
         print(describe(manifest, args.engine, checks))
@@ -175,6 +187,8 @@ def run_inspect(args: argparse.Namespace) -> int:
     bad = [f"{rel} ({state})" for rel, state in checks if state != "ok"]
     if bad:
         raise CLIError(f"engine '{args.engine}' failed verification: {', '.join(bad)}; rebuild it")
+    if mismatch:
+        raise CLIError(mismatch)
     return 0
 
 

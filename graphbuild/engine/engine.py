@@ -12,14 +12,16 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
-import onnx
 
-from graphbuild.engine.manifest import MANIFEST, TensorSpec, check_files, read_manifest, resolve_inside
+from graphbuild.engine.consistency import check_segments
+from graphbuild.engine.files import PinnedEngineDir, check_files, load_pinned, read_manifest
+from graphbuild.engine.manifest import MANIFEST, Manifest
 from graphbuild.errors import EngineError, InputError
 from graphbuild.plugin import DOMAIN, TP_EMBEDDING
-from graphbuild.runtime.feeds import validate_feeds
+from graphbuild.runtime.feeds import FeedValidator
 from graphbuild.runtime.protocol import Executor, ExecutorFactory, ExecutorRequest
 from graphbuild.runtime.schedule import Schedule
+from graphbuild.runtime.session import check_providers, check_threads
 
 #: Custom ops this graphbuild's plugin library provides, as (domain, op_type).
 PROVIDED_CUSTOM_OPS = {(DOMAIN, TP_EMBEDDING)}
@@ -45,30 +47,10 @@ EXECUTORS: dict[str, ExecutorFactory] = {
 }
 
 
-def _rank_files(manifest: Mapping[str, Any], schedule: Schedule, ranks: Sequence[int]) -> dict[str, Any]:
+def _rank_files(manifest: Manifest, ranks: Sequence[int]) -> dict[str, Any]:
     """The manifest's ``files`` entries that ``ranks`` read: their segments and the files beside them."""
-    folders = {str(Path(file).parent) for r in ranks for file in schedule.ranks[r].files}
-    return {relpath: entry for relpath, entry in manifest["files"].items() if str(Path(relpath).parent) in folders}
-
-
-def _check_segment_references(root: Path, manifest: Mapping[str, Any], files: Sequence[str]) -> None:
-    """Every external-data location of the segments ``files`` must be a listed file inside the engine."""
-    listed = set(manifest["files"])
-    for file in files:
-        model_path = resolve_inside(root, file, what="segment file")
-        try:
-            model = onnx.load(str(model_path), load_external_data=False)
-        except Exception as exc:  # protobuf's DecodeError and friends
-            raise EngineError(f"{model_path}: not a readable ONNX model ({type(exc).__name__}: {exc}); the engine is corrupt - rebuild it") from None
-        folder = Path(file).parent.as_posix()
-        for tensor in model.graph.initializer:
-            if tensor.data_location != onnx.TensorProto.EXTERNAL:
-                continue
-            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-            relpath = f"{folder}/{location}" if folder not in ("", ".") else location
-            resolve_inside(root, relpath, what=f"external data of '{tensor.name}'", source=model_path)
-            if relpath not in listed:
-                raise EngineError(f"{model_path}: initializer '{tensor.name}' refers to '{location}', which the manifest does not list")
+    folders = {str(Path(step.file).parent) for r in ranks for step in manifest.ranks[r].segments}
+    return {relpath: entry for relpath, entry in manifest.files.items() if str(Path(relpath).parent) in folders}
 
 
 class Engine:
@@ -85,15 +67,17 @@ class Engine:
         outputs: output specs in order.
     """
 
-    def __init__(self, path: Path, manifest: Any, executor: Executor) -> None:
+    def __init__(self, path: Path, manifest: Manifest, executor: Executor) -> None:
         self.path = path
         self.manifest = manifest
-        self.name: str = manifest["name"]
-        self.tp_size: int = manifest["tp_size"]
-        self.inputs = [TensorSpec.from_json(spec) for spec in manifest["inputs"]]
-        self.outputs = [TensorSpec.from_json(spec) for spec in manifest["outputs"]]
+        self.name: str = manifest.name
+        self.tp_size: int = manifest.tp_size
+        self.inputs = list(manifest.inputs)
+        self.outputs = list(manifest.outputs)
         self._executor = executor
         self._output_names = {spec.name for spec in self.outputs}
+        # An executor that shares feeds between processes (MPI) validates them itself.
+        self._feeds = getattr(executor, "share_feeds", None) or FeedValidator(self.inputs, f"engine '{self.name}'")
 
     @property
     def executor(self) -> Executor:
@@ -127,30 +111,35 @@ class Engine:
         Raises:
             EngineError: missing, truncated, tampered or wrong-version engine; the message names
                 the file. An unknown executor name.
+            ConfigurationError: bad ``providers`` or ``intra_op_threads`` (or the environment
+                variables ``GRAPHBUILD_PROVIDERS``, ``GRAPHBUILD_ORT_LOG_SEVERITY``), checked first.
         """
         root = Path(path)
-        manifest = read_manifest(root)
-        for op in manifest["custom_ops"]:
-            key = (op.get("domain"), op.get("op_type"))
-            if key not in PROVIDED_CUSTOM_OPS:
-                raise EngineError(f"{root / MANIFEST}: the engine needs custom op {key[0]}::{key[1]}, which this graphbuild does not provide")
-        if not isinstance(executor, str):
-            if not isinstance(executor, Executor):
-                raise EngineError(f"Engine.load: executor must be one of {sorted(EXECUTORS)} or an Executor, got {type(executor).__name__}")
-            return cls(root, manifest, executor)
-        factory = EXECUTORS.get(executor)
-        if factory is None:
+        providers = check_providers(providers) if isinstance(executor, str) else providers
+        intra_op_threads = check_threads(intra_op_threads)
+        if not isinstance(executor, str) and not isinstance(executor, Executor):
+            raise EngineError(f"Engine.load: executor must be one of {sorted(EXECUTORS)} or an Executor, got {type(executor).__name__}")
+        factory = EXECUTORS.get(executor) if isinstance(executor, str) else None
+        if isinstance(executor, str) and factory is None:
             raise EngineError(f"Engine.load: unknown executor {executor!r}; choose one of {sorted(EXECUTORS)}")
-        schedule = Schedule.from_manifest(manifest, root)
 
-        def check_ranks(ranks: Sequence[int]) -> None:
-            files = _rank_files(manifest, schedule, ranks)
-            if verify:
-                check_files(root, {**manifest, "files": files})
-            _check_segment_references(root, manifest, [file for r in ranks for file in schedule.ranks[r].files])
+        def load_from(pin: PinnedEngineDir) -> "Engine":  # every file is read through the pinned directory
+            manifest = read_manifest(pin)
+            for op in manifest.custom_ops:
+                if (op.domain, op.op_type) not in PROVIDED_CUSTOM_OPS:
+                    raise EngineError(f"{root / MANIFEST}: the engine needs custom op {op.domain}::{op.op_type}, which this graphbuild does not provide")
+            if factory is None:
+                return cls(root, manifest, executor)  # type: ignore[arg-type]
 
-        request = ExecutorRequest(root, manifest, schedule, list(providers) if providers is not None else None, intra_op_threads, check_ranks, dict(executor_options or {}))
-        return cls(root, manifest, factory(request))
+            def check_ranks(ranks: Sequence[int]) -> None:
+                check_files(pin, manifest.with_files(_rank_files(manifest, ranks)), checksums=verify)
+                check_segments(pin, manifest, ranks)
+
+            schedule = Schedule.from_manifest(manifest)
+            request = ExecutorRequest(pin.root, manifest, schedule, providers, intra_op_threads, check_ranks, dict(executor_options or {}))
+            return cls(root, manifest, factory(request))
+
+        return load_pinned(root, load_from)
 
     def run(self, feeds: Mapping[str, Any], *, out: Optional[Mapping[str, np.ndarray]] = None) -> dict[str, np.ndarray]:
         """Runs the engine and returns the outputs by name (rank 0's with the local executor, this
@@ -181,13 +170,6 @@ class Engine:
     def run_all_ranks(self, feeds: Mapping[str, Any]) -> list[dict[str, np.ndarray]]:
         """Like ``run`` but returns every rank's outputs, in rank order."""
         return self._executor.run_all_ranks(self._feeds(feeds))
-
-    def _feeds(self, feeds: Any) -> dict[str, np.ndarray]:
-        """Validated feeds; an executor that shares feeds between processes (MPI) does it itself."""
-        share = getattr(self._executor, "share_feeds", None)
-        if share is not None:
-            return share(feeds)
-        return validate_feeds(self.inputs, feeds, f"engine '{self.name}'")
 
     def __repr__(self) -> str:
         ins = ", ".join(str(s) for s in self.inputs)

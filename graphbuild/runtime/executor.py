@@ -1,25 +1,17 @@
-"""The local executor: runs every rank of an engine in one process.
+"""The local executor: runs every rank of an engine in one process, collectives in memory.
 
 Everything an engine run touches is made once and reused:
 
 - per engine (at load): one ONNX Runtime session per segment file, the collectives' helper
   sessions (``graphbuild.runtime.collectives``) on the same provider;
-- per input-shape signature (a ``Plan``, made by the first call with those shapes, at most
-  ``max_plans`` kept, least recently used dropped): one buffer per feed, per segment output and per
-  collective result, all ``OrtValue``s on the engine's device, and one IO binding per step with
-  its inputs and outputs bound to those buffers.
+- per input-shape signature: a ``Plan`` (``graphbuild.runtime.plan``: buffers, IO bindings and
+  pooled output memory), made by the first call with those shapes, at most ``max_plans`` kept,
+  least recently used dropped.
 
 A call then copies the feeds into their buffers, runs the steps in order (rank 0's step, rank 1's
-step, ...; collectives once for all ranks) and copies the outputs out. With the CUDA provider the
-buffers live on the GPU: intermediates never leave it, collectives run there, and only the
-outputs the caller gets back are copied to the host.
-
-Output-buffer policy: intermediate tensors live in the plan's buffers and are overwritten by the
-next call; what a call returns is never one of them. Outputs are copied into fresh arrays, or into
-the caller's arrays (``out=``), so a returned array stays valid after later calls. On CPU, a large
-output (``DIRECT_MIN_BYTES``) that no later step reads skips the copy: its segment writes straight
-into the array the call returns (the caller's ``out=`` array, or a fresh 64-byte-aligned one). A ``workspace``
-input of a collective receives a copy of the collective's result.
+step, ...; collectives once for all ranks) and hands the outputs over (see ``plan`` for the
+output-buffer policy). With the CUDA provider the buffers live on the GPU: intermediates never
+leave it, collectives run there, and only the outputs the caller gets back are copied to the host.
 
 An executor runs one call at a time (a lock serializes calls from several threads).
 """
@@ -27,286 +19,22 @@ An executor runs one call at a time (a lock serializes calls from several thread
 from __future__ import annotations
 
 import collections
-import dataclasses
 import threading
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
-import onnxruntime as ort
 
-from graphbuild import dtypes
-from graphbuild.errors import EngineError, ExecutionError, GraphBuildError, InputError, OutOfRangeIdError
-from graphbuild.plugin import format_out_of_range, parse_out_of_range
-from graphbuild.runtime.collectives import CollectiveRun, HostCopy, SessionCache
-from graphbuild.runtime.ortvalues import aligned_empty, allocate, device_of, host_view, to_ortvalue, write_into
+from graphbuild.errors import EngineError
+from graphbuild.runtime.collectives import SessionCache
+from graphbuild.runtime.ortvalues import device_of
+from graphbuild.runtime.plan import Plan
 from graphbuild.runtime.protocol import ExecutorRequest
-from graphbuild.runtime.schedule import CollectiveStep, Schedule, SegmentStep
+from graphbuild.runtime.schedule import Schedule
 from graphbuild.runtime.session import create_session, default_providers
 
 #: Plans (buffers and bindings for one set of input shapes) an executor keeps by default.
 MAX_PLANS = 8
-
-#: Outputs at least this large are written straight into the returned arrays (CPU); smaller ones
-#: are copied out of the plan's buffer, which costs less than binding a new array on every call.
-DIRECT_MIN_BYTES = 1 << 20
-
-
-def translate_ort_error(exc: Exception, step: SegmentStep) -> GraphBuildError:
-    """The ``GraphBuildError`` for ONNX Runtime's failure to run ``step``: the plugin's out-of-range
-    status becomes an ``OutOfRangeIdError`` in the user-facing wording, anything else an
-    ``ExecutionError`` naming the rank and file."""
-    text = str(exc)
-    found = parse_out_of_range(text)
-    if found:
-        return OutOfRangeIdError(format_out_of_range(*found))
-    detail = text.strip().splitlines()[-1] if text.strip() else type(exc).__name__
-    return ExecutionError(f"{step.describe()}: ONNX Runtime failed: {detail}")
-
-
-class SegmentRun:
-    """A segment bound to a plan's buffers; the first ``run`` lets ONNX Runtime size the outputs.
-
-    Args:
-        spec: the segment.
-        session: its ONNX Runtime session.
-        values: the rank's tensors so far (name -> OrtValue); gets this segment's outputs.
-        device: where outputs are allocated (check tensors always go to host memory).
-    """
-
-    def __init__(self, spec: SegmentStep, session: ort.InferenceSession, values: dict[str, ort.OrtValue], device: str) -> None:
-        self.spec = spec
-        self.session = session
-        self.binding = session.io_binding()
-        self.inputs = [values[name] for name in spec.inputs]
-        for name, value in zip(spec.inputs, self.inputs):
-            self.binding.bind_ortvalue_input(name, value)
-        check_names = [check.tensor for check in spec.checks]
-        for name in spec.outputs:
-            self.binding.bind_output(name, device)
-        for name in check_names:
-            self.binding.bind_output(name, "cpu")  # three int64s read on the host after each run
-        self._execute()
-        produced = self.binding.get_outputs()
-        self.binding.clear_binding_outputs()
-        for name, value in zip(list(spec.outputs) + check_names, produced):
-            self.binding.bind_ortvalue_output(name, value)  # later runs write into the same buffers
-        values.update(zip(spec.outputs, produced))
-        self.outputs = list(produced[: len(spec.outputs)])
-        self.checks = [(check, host_view(value)) for check, value in zip(spec.checks, produced[len(spec.outputs) :])]
-        self._check()
-
-    def _execute(self) -> None:
-        try:
-            self.session.run_with_iobinding(self.binding)
-        except Exception as exc:  # onnxruntime's exception classes derive from Exception only
-            raise translate_ort_error(exc, self.spec) from None
-
-    def _check(self) -> None:
-        for check, view in self.checks:
-            position, bad_id, size = view.tolist()
-            if position < size:
-                raise OutOfRangeIdError(format_out_of_range(check.node, bad_id, position, check.vocab_size))
-
-    def run(self) -> None:
-        self._execute()
-        if self.checks:
-            self._check()
-
-    def bind_host_output(self, index: int, target: np.ndarray) -> ort.OrtValue:
-        """Binds output ``index`` to ``target``'s memory (CPU) for the next runs; returns the value,
-        which the caller keeps alive as long as it stays bound."""
-        value = to_ortvalue(target)
-        self.binding.bind_ortvalue_output(self.spec.outputs[index], value)
-        return value
-
-
-@dataclasses.dataclass
-class DirectOutput:
-    """An output that a segment writes straight into the array the caller gets (CPU only)."""
-
-    rank: int
-    name: str
-    run: SegmentRun
-    index: int
-    shape: tuple[int, ...]
-    dtype: dtypes.DType
-
-
-class Plan:
-    """Buffers and bindings for one set of input shapes; creating it runs the engine once.
-
-    Args:
-        schedule: the engine's steps, every rank.
-        segment_sessions: file -> the segment's ONNX Runtime session.
-        feeds: validated feeds (name -> array).
-        device: ``"cpu"`` or ``"cuda"``.
-        sessions: the helper sessions of the engine.
-    """
-
-    def __init__(self, schedule: Schedule, segment_sessions: Mapping[str, ort.InferenceSession], feeds: Mapping[str, np.ndarray], device: str, sessions: SessionCache) -> None:
-        steps = [rank.steps for rank in schedule.ranks]
-        outputs = [rank.outputs for rank in schedule.ranks]
-        read = {name for rank in steps for s in rank if isinstance(s, SegmentStep) for name in s.inputs}
-        read |= {tensor for rank in outputs for _, tensor in rank}
-        self.feed_buffers = [(name, allocate(array.shape, dtypes.as_dtype(array.dtype), device)) for name, array in feeds.items() if name in read]
-        self.load_feeds(feeds)
-        shared = dict(self.feed_buffers)
-        values: list[dict[str, ort.OrtValue]] = [dict(shared) for _ in steps]
-        self.runs: list[Any] = []
-        self.workspaces: list[tuple[str, ort.OrtValue]] = []
-        for position in range(len(steps[0]) if steps else 0):
-            first = steps[0][position]
-            if isinstance(first, CollectiveStep):
-                specs = [rank[position] for rank in steps]
-                collective = CollectiveRun(first, [v[s.input] for s, v in zip(specs, values)], sessions, device)
-                collective.run()
-                self.runs.append(collective)
-                for s, v in zip(specs, values):
-                    v[s.output] = collective.output
-                if first.workspace:
-                    self.workspaces.append((first.workspace, collective.output))
-            else:
-                for rank, v in zip(steps, values):
-                    step = rank[position]
-                    self.runs.append(SegmentRun(step, segment_sessions[step.file], v, device))
-        self.outputs = [[(name, v[tensor]) for name, tensor in rank] for rank, v in zip(outputs, values)]
-        self._to_host = _host_reader(device, sessions)
-        self.copy_workspaces(feeds)
-        self.direct = self._direct_outputs(steps, outputs, feeds) if device == "cpu" else []
-        self._bound: list[ort.OrtValue] = []
-
-    def _direct_outputs(self, steps: Sequence[Sequence[Any]], outputs: Sequence[Sequence[tuple[str, str]]], feeds: Mapping[str, np.ndarray]) -> list[DirectOutput]:
-        """Outputs that only the caller reads: later calls let their segment write them straight
-        into the returned arrays instead of into a plan buffer that is then copied."""
-        segment_runs = iter(run for run in self.runs if isinstance(run, SegmentRun))
-        producer: list[dict[str, tuple[SegmentRun, int]]] = [{} for _ in steps]
-        read: list[set[str]] = [set(feeds) for _ in steps]
-        for position in range(len(steps[0]) if steps else 0):
-            for rank, rank_steps in enumerate(steps):
-                spec = rank_steps[position]
-                if isinstance(spec, CollectiveStep):
-                    read[rank].add(spec.input)
-                    continue
-                run = next(segment_runs)
-                read[rank].update(spec.inputs)
-                producer[rank].update({tensor: (run, i) for i, tensor in enumerate(spec.outputs)})
-        direct = []
-        for rank, rank_outputs in enumerate(outputs):
-            tensors = [tensor for _, tensor in rank_outputs]
-            for name, tensor in rank_outputs:
-                if tensor in read[rank] or tensor not in producer[rank] or tensors.count(tensor) > 1:
-                    continue
-                run, index = producer[rank][tensor]
-                value = run.outputs[index]
-                dtype = dtypes.from_onnx(value.element_type())
-                if int(np.prod(value.shape(), dtype=np.int64)) * dtype.numpy.itemsize < DIRECT_MIN_BYTES:
-                    continue
-                direct.append(DirectOutput(rank, name, run, index, tuple(value.shape()), dtype))
-        return direct
-
-    def load_feeds(self, feeds: Mapping[str, np.ndarray]) -> None:
-        """Copies the feeds into their buffers (to the device, with CUDA)."""
-        for name, buffer in self.feed_buffers:
-            array = feeds[name]
-            if not array.flags.c_contiguous:
-                array = np.ascontiguousarray(array)
-            write_into(buffer, array)
-
-    def run(self, feeds: Mapping[str, np.ndarray], rank_outputs: Optional[Mapping[str, np.ndarray]] = None) -> dict[tuple[int, str], np.ndarray]:
-        """Runs the steps; returns the outputs written straight into caller arrays, by (rank, name)."""
-        self.load_feeds(feeds)
-        targets = []
-        for entry in self.direct:
-            wanted = rank_outputs.get(entry.name) if entry.rank == 0 and rank_outputs else None
-            if wanted is not None:
-                _check_out_shape(entry.name, wanted, entry.dtype, entry.shape)
-            direct = wanted is not None and wanted.flags.c_contiguous
-            targets.append((entry, wanted, wanted if direct else aligned_empty(entry.shape, entry.dtype.numpy)))
-        # Every direct output is rebound on every call, so no array returned earlier stays bound.
-        bound = [entry.run.bind_host_output(entry.index, target) for entry, _, target in targets]
-        self._bound = bound  # the arrays stay bound (and alive) until the next call rebinds them
-        for step in self.runs:
-            step.run()
-        self.copy_workspaces(feeds)
-        written: dict[tuple[int, str], np.ndarray] = {}
-        for entry, wanted, target in targets:
-            if wanted is not None and wanted is not target:
-                np.copyto(wanted, target)  # a non-contiguous out= array
-                target = wanted
-            written[(entry.rank, entry.name)] = target
-        return written
-
-    def copy_workspaces(self, feeds: Mapping[str, np.ndarray]) -> None:
-        for name, result in self.workspaces:
-            workspace = feeds.get(name)
-            dtype = dtypes.from_onnx(result.element_type()).numpy
-            size = int(np.prod(result.shape(), dtype=np.int64))
-            if workspace is None or workspace.dtype != dtype or workspace.size < size or not workspace.flags.c_contiguous:
-                continue  # too small or not writable in place: the workspace is optional
-            target = workspace.reshape(-1)[:size].reshape(result.shape())
-            self._to_host(result, target)
-
-    def results(self, rank_outputs: Optional[Mapping[str, np.ndarray]] = None, written: Optional[Mapping[tuple[int, str], np.ndarray]] = None) -> list[dict[str, np.ndarray]]:
-        """Every rank's outputs on the host: those in ``written`` as they are, the others copied
-        (rank 0's into ``rank_outputs`` where given)."""
-        copies: dict[int, np.ndarray] = {}
-        per_rank = []
-        for rank, outputs in enumerate(self.outputs):
-            result = {}
-            for name, value in outputs:
-                if written and (rank, name) in written:
-                    result[name] = written[(rank, name)]
-                    continue
-                target = rank_outputs.get(name) if rank == 0 and rank_outputs else None
-                if target is not None:
-                    result[name] = copies[id(value)] = self._to_host(value, _check_out(name, target, value))
-                    continue
-                array = copies.get(id(value))
-                if array is None:
-                    array = copies[id(value)] = self._to_host(value, None)
-                result[name] = array
-            per_rank.append(result)
-        return per_rank
-
-
-def _check_out(name: str, target: Any, value: ort.OrtValue) -> np.ndarray:
-    return _check_out_shape(name, target, dtypes.from_onnx(value.element_type()), tuple(value.shape()))
-
-
-def _check_out_shape(name: str, target: Any, dtype: dtypes.DType, shape: tuple[int, ...]) -> np.ndarray:
-    if not isinstance(target, np.ndarray) or target.dtype != dtype.numpy or target.shape != shape or not target.flags.writeable:
-        got = f"{target.dtype}{target.shape}" if isinstance(target, np.ndarray) else type(target).__name__
-        raise InputError(f"out['{name}'] must be a writable numpy array of {dtype}{shape}, got {got}")
-    return target
-
-
-def _host_reader(device: str, sessions: SessionCache) -> Callable[[ort.OrtValue, Optional[np.ndarray]], np.ndarray]:
-    """``read(value, out)``: the value's contents in ``out`` (or a fresh array)."""
-    if device == "cpu":
-
-        def read(value: ort.OrtValue, out: Optional[np.ndarray]) -> np.ndarray:
-            view = host_view(value)
-            if out is None:
-                return view.copy()
-            np.copyto(out, view)
-            return out
-
-        return read
-
-    copiers: dict[int, tuple[ort.OrtValue, HostCopy]] = {}
-
-    def read_device(value: ort.OrtValue, out: Optional[np.ndarray]) -> np.ndarray:
-        # CUDA: device-to-host copy through an Identity model bound to host memory.
-        entry = copiers.get(id(value))
-        if entry is None:
-            entry = copiers[id(value)] = (value, HostCopy(value, sessions))
-        if out is not None and not out.flags.c_contiguous:
-            np.copyto(out, entry[1].run())
-            return out
-        return entry[1].run(out)
-
-    return read_device
 
 
 class LocalExecutor:
@@ -343,6 +71,7 @@ class LocalExecutor:
         self._plans: collections.OrderedDict[tuple[Any, ...], Plan] = collections.OrderedDict()
         self._max_plans = max(1, max_plans)
         self._lock = threading.Lock()
+        self._rank0 = (0,)
 
     @classmethod
     def open(cls, request: ExecutorRequest) -> "LocalExecutor":
@@ -367,13 +96,13 @@ class LocalExecutor:
             feeds: input name -> array, as ``validate_feeds`` returns them.
             out: optional output name -> array that receives rank 0's output of that name.
         """
-        return self._run(feeds, out)[0]
+        return self._run(feeds, out, self._rank0)[0]
 
     def run_all_ranks(self, feeds: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
         """Runs every rank; returns each rank's outputs, in rank order."""
-        return self._run(feeds, None)
+        return self._run(feeds, None, self.ranks)
 
-    def _run(self, feeds: Mapping[str, np.ndarray], out: Optional[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    def _run(self, feeds: Mapping[str, np.ndarray], out: Optional[Mapping[str, np.ndarray]], ranks: Sequence[int]) -> list[dict[str, np.ndarray]]:
         key = tuple(array.shape for array in feeds.values())
         with self._lock:
             plan = self._plans.get(key)
@@ -381,8 +110,7 @@ class LocalExecutor:
                 plan = Plan(self.schedule, self._segment_sessions, feeds, self.device, self._sessions)  # runs once
                 self._plans[key] = plan
                 if len(self._plans) > self._max_plans:
-                    self._plans.popitem(last=False)
-                return plan.results(out)
+                    self._plans.popitem(last=False)[1].close()
+                return plan.results(plan.check_out(out), ranks)
             self._plans.move_to_end(key)
-            written = plan.run(feeds, out)
-            return plan.results(out, written)
+            return plan.run(feeds, out, ranks)

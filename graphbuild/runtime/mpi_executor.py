@@ -117,7 +117,7 @@ class MPIExecutor:
         where = str(request.root)
         self.comm = engine_communicator(mpi, schedule, request.manifest, comm=comm, replicas=replicas, world_ranks=world_ranks)
         self.rank = self.comm.Get_rank()
-        self.inputs = [TensorSpec.from_json(spec) for spec in _get(request.manifest, "inputs")]
+        self.inputs = [spec if isinstance(spec, TensorSpec) else TensorSpec.from_json(spec) for spec in _get(request.manifest, "inputs")]
         self._owner = f"engine '{schedule.name}'"
         error: Optional[BaseException] = None
         try:

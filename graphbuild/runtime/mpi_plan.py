@@ -22,7 +22,7 @@ import onnxruntime as ort
 from graphbuild import dtypes
 from graphbuild.errors import InputError
 from graphbuild.runtime.collectives import HostCopy, SessionCache
-from graphbuild.runtime.executor import SegmentRun
+from graphbuild.runtime.plan import SegmentRun
 from graphbuild.runtime.mpi_collectives import agreed_shape, exchange_headers, host_collective
 from graphbuild.runtime.mpi_env import Watchdog, abort
 from graphbuild.runtime.nccl_collectives import device_collective

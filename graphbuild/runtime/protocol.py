@@ -52,7 +52,8 @@ class ExecutorRequest:
         root: the engine directory.
         manifest: its validated manifest.
         schedule: its parsed schedule.
-        providers: ONNX Runtime execution providers (validated), or None for the default.
+        providers: ONNX Runtime execution providers, checked, the default already chosen
+            (``graphbuild.runtime.session.check_providers``).
         intra_op_threads: threads per ONNX Runtime session, or None for ONNX Runtime's choice.
         check_ranks: ``check_ranks(ranks)`` verifies the files of those ranks (checksums when the
             load asked for it, external-data references always) before the executor opens them;

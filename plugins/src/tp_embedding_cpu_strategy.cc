@@ -11,12 +11,15 @@
 //   copy of a cache-resident row. `large_min_bytes` is 3/4 of the L3 cache one core sees (from
 //   /sys, which is right where sysconf is not: glibc 2.36 reports ten times the L3 on AMD EPYC),
 //   at most 24 MiB, the size from which streaming won on the Intel Xeon development VM.
-// - Larger outputs use whichever of the three row copies (streaming lockstep, ordinary-store
-//   lockstep, memcpy) was fastest in a calibration run once per process, when the first
+// - Larger outputs use whichever of the three row copies (memcpy, streaming lockstep,
+//   ordinary-store lockstep) was fastest in a calibration run once per process, when the first
 //   TPEmbedding kernel is created: a gather of random 8 KiB rows into an output of twice
-//   `large_min_bytes`, each copy timed three times in turn, the best time of each compared.
-//   Whether non-temporal stores pay differs between CPU families and even between virtual
-//   machines of one family, so it is measured rather than assumed.
+//   `large_min_bytes`, each copy run over the whole output three times in turn, one 1 MiB
+//   segment at a time, and each segment's best time counted (so that a busy machine's preemptions
+//   do not decide it); a copy later in that order replaces an earlier one only when at least 3%
+//   faster. Whether non-temporal stores pay differs between CPU families and even between virtual
+//   machines of one family, so it is measured rather than assumed. It takes 50-150 ms, most of it
+//   faulting in the two buffers.
 // - GRAPHBUILD_CPU_STRATEGY=memcpy|stream|lockstep forces one row copy for every output size (the
 //   tests use it to run each copy); `auto` or unset decides as above.
 #include "tp_embedding_cpu_strategy.h"

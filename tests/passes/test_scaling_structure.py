@@ -28,12 +28,12 @@ def stack(blocks: int, rng: np.random.Generator, tp_size: int = 4) -> gb.Network
 
 
 def _shape_of(compiled) -> dict[str, int]:
-    ranks = compiled.manifest["ranks"]
+    ranks = compiled.manifest.ranks
     return {
-        "rank_nodes": sum(sum(rank["ops"].values()) for rank in ranks),
-        "segments": sum(step["kind"] == "segment" for rank in ranks for step in rank["steps"]),
-        "collectives": sum(step["kind"] == "collective" for rank in ranks for step in rank["steps"]),
-        "onnx_nodes": sum(step.get("onnx_nodes", 0) for rank in ranks for step in rank["steps"]),
+        "rank_nodes": sum(sum(rank.ops.values()) for rank in ranks),
+        "segments": sum(len(rank.segments) for rank in ranks),
+        "collectives": sum(len(rank.collectives) for rank in ranks),
+        "onnx_nodes": sum(step.onnx_nodes for rank in ranks for step in rank.segments),
     }
 
 

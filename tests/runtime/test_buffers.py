@@ -13,8 +13,8 @@ import graphbuild as gb
 from graphbuild import dtypes
 from graphbuild import functional as F
 from graphbuild.runtime.collectives import CollectiveRun, HostCopy, SessionCache
-from graphbuild.runtime import executor
-from graphbuild.runtime.executor import SegmentRun
+from graphbuild.runtime import plan as plan_module
+from graphbuild.runtime.plan import SegmentRun
 from graphbuild.runtime.schedule import CollectiveStep, combine_host
 from graphbuild.runtime.ortvalues import allocate, host_view
 
@@ -106,8 +106,8 @@ def test_many_segments_match_the_reference(tmp_path, rng):
             x = F.relu(x + F.embedding(ids_b, table, tp_size=2, sharding_dim=b % 2)) * 0.5
         net.mark_output(x, "y")
     engine = gb.build(net, tmp_path / "stack", providers=CPU)
-    steps = engine.manifest["ranks"][0]["steps"]
-    assert [s["kind"] for s in steps] == ["segment", "collective"] * 3 + ["segment"]
+    steps = engine.manifest.ranks[0].steps
+    assert [s.kind for s in steps] == ["segment", "collective"] * 3 + ["segment"]
     for _ in range(2):
         feeds = {"ids": rng.integers(0, 11, size=4), "x": rng.standard_normal((4, 6)).astype(np.float32)}
         np.testing.assert_allclose(engine.run(feeds)["y"], gb.reference.run(net, feeds)["y"], rtol=1e-6)
@@ -215,7 +215,7 @@ def test_host_combine_matches_the_collective_models(rng, op, dtype):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_final_outputs_are_written_straight_into_the_returned_arrays(tmp_path, rng, dtype, monkeypatch):
     """A tp 1 lookup: after the first call the segment writes into the caller's (or a fresh) array."""
-    monkeypatch.setattr(executor, "DIRECT_MIN_BYTES", 0)  # large outputs only, by default
+    monkeypatch.setattr(plan_module, "DIRECT_MIN_BYTES", 0)  # large outputs only, by default
     table = rng.standard_normal((12, 8)).astype(dtypes.as_dtype(dtype).numpy)
     net = gb.Network("direct")
     with net:

@@ -14,7 +14,7 @@ import pytest
 import graphbuild as gb
 from graphbuild import functional as F
 from graphbuild.runtime.collectives import CollectiveRun, SessionCache
-from graphbuild.runtime.executor import SegmentRun
+from graphbuild.runtime.plan import SegmentRun
 from graphbuild.runtime.schedule import CollectiveStep
 from graphbuild.runtime.ortvalues import allocate
 

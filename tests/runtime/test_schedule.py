@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import json
 from pathlib import Path
 
 import numpy as np
@@ -31,35 +30,20 @@ def norm_engine(tmp_path, table, tp_size, sharding_dim, use_plugin=True):
 def test_schedule_lists_each_ranks_segments_and_collectives_in_order(tmp_path, rng):
     table = rng.standard_normal((10, 4)).astype(np.float32)
     engine = norm_engine(tmp_path, table, 3, 1, use_plugin=False)
-    schedule = Schedule.from_manifest(json.loads((engine.path / "config.json").read_text()))
+    schedule = engine.executor.schedule
+    assert schedule == Schedule.from_manifest(gb.Engine.load(engine.path).manifest)
     assert schedule.tp_size == 3 and len(schedule.ranks) == 3 and not schedule.needs_plugin
-    for rank in schedule.ranks:
+    for position, rank in enumerate(schedule.ranks):
+        assert rank.rank == position
         kinds = [type(step) for step in rank.steps]
         assert kinds == [SegmentStep, CollectiveStep, SegmentStep]
         first, gather, second = rank.steps
-        assert first.file == f"rank{rank.rank}/segment0.onnx" and first.rank == rank.rank
+        assert first.file == f"rank{position}/segment0.onnx" and first.rank == position
         assert (gather.op, gather.group, gather.axis % 2, gather.sizes) == ("allgather", (0, 1, 2), 1, (2, 1, 1))
         assert gather.input in first.outputs and gather.output in second.inputs
         assert [check.vocab_size for check in first.checks] == [10], "the lowered lookup's range check"
         assert [name for name, _ in rank.outputs] == ["normed"]
     assert schedule.ranks[1].files == ("rank1/segment0.onnx", "rank1/segment1.onnx")
-
-
-def _manifest(engine):
-    return json.loads((engine.path / "config.json").read_text())
-
-
-def test_unknown_collective_and_mismatched_ranks_are_refused_at_load(tmp_path, rng):
-    table = rng.standard_normal((8, 4)).astype(np.float32)
-    engine = norm_engine(tmp_path, table, 2, 0)
-    manifest = _manifest(engine)
-    manifest["ranks"][1]["steps"][1]["op"] = "alltoall"
-    with pytest.raises(gb.EngineError, match=r"rank 1 has collective 'alltoall', which this runtime does not implement"):
-        Schedule.from_manifest(manifest)
-    manifest = _manifest(engine)
-    manifest["ranks"][1]["steps"][1]["instance_id"] = 99
-    with pytest.raises(gb.EngineError, match=r"rank 1's schedule .* differs from rank 0's"):
-        Schedule.from_manifest(manifest)
 
 
 class RecordingExecutor:
@@ -111,12 +95,12 @@ def test_engine_runs_through_any_executor_and_registered_names(tmp_path, rng, mo
 
 
 def test_an_executor_verifies_only_the_ranks_it_opens(tmp_path, rng, monkeypatch):
-    table = rng.standard_normal((64, 16)).astype(np.float32)
+    table = rng.standard_normal((8192, 128)).astype(np.float32)  # 2 MiB a shard: external data
     built = norm_engine(tmp_path, table, 2, 0)
-    segment = built.path / "rank1" / "segment0.onnx"
-    content = bytearray(segment.read_bytes())
-    content[len(content) // 2] ^= 0xFF  # rank 1's shard tampered with, same size
-    segment.write_bytes(bytes(content))
+    (data,) = (built.path / "rank1").glob("*.data")
+    content = bytearray(data.read_bytes())
+    content[len(content) // 2] ^= 0xFF  # rank 1's weights tampered with, same size
+    data.write_bytes(bytes(content))
 
     def rank0_only(request):
         request.check_ranks([0])
