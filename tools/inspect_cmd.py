@@ -110,7 +110,7 @@ def _same_steps(ranks: Sequence[RankPlan]) -> list[tuple[list[Any], RankPlan]]:
         index = rank.rank
         steps = []
         for step in rank.to_json()["steps"]:
-            step = dict(step, attrs={k: v for k, v in (step.get("attrs") or {}).items() if k != "rank"})
+            step = dict(step, attrs={k: v for k, v in (step.get("attrs") or {}).items() if k not in ("rank", "tp_position")})
             if "file" in step:
                 step["file"] = str(step["file"]).replace(f"rank{index}/", "rank{R}/", 1)
             steps.append(step)
