@@ -86,8 +86,8 @@ def screenshot(
     with launch() as context:
         page = open_page(context, html_path, fit_all=fit_all)
         page.set_viewport_size({"width": width, "height": height})
-        page.evaluate("window.gbViewer.fit(%s)" % ("true" if fit_all else "false"))
         if select is not None and page.evaluate("name => window.gbViewer.select(name)", select) is None:
             raise GraphBuildError(f"--select: the picture has no node named '{select}'")
+        page.evaluate("window.gbViewer.fit(%s)" % ("true" if fit_all else "false"))
         page.screenshot(path=str(png_path))
     return Path(png_path)

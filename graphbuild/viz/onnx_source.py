@@ -198,7 +198,8 @@ def _finish_header(model: GraphModel, readers: list[_RankReader]) -> None:
 def from_engine_dir(path: Path) -> GraphModel:
     """An engine directory: every rank side by side, its segments and collectives in step order."""
     from graphbuild.engine import read_manifest
-    from graphbuild.engine.manifest import MANIFEST, resolve_inside
+    from graphbuild.engine.files import resolve_inside
+    from graphbuild.engine.manifest import MANIFEST
 
     read_manifest(path)  # validates, with its own errors
     manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
