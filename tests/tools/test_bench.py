@@ -221,6 +221,12 @@ def test_correctness_check_compares_with_numpy(rng):
     independent = np.stack([table[i] if i < 5 else np.zeros(6, np.float32) for i in ids])
     assert np.array_equal(shard, independent)
     assert bench_cmd.check_output(table[ids].copy(), bench_cmd.expected_output(table, ids, "full", 5)) == "ok"
+    # A vocab-split engine's all-reduce adds zero rows: -0.0 becomes +0.0, nothing else changes.
+    signed = table.copy()
+    signed[4, 1] = -0.0
+    summed = bench_cmd.expected_output(signed, ids, "summed", 5)
+    assert np.signbit(np.take(signed, ids, axis=0)[2, 1]) and not np.signbit(summed[2, 1]) and summed[2, 1] == 0
+    assert np.array_equal(np.delete(summed.ravel(), 2 * 6 + 1), np.delete(signed[ids].ravel(), 2 * 6 + 1))
     wrong = table[ids].copy()
     wrong[3, 2] += 1.0
     assert bench_cmd.check_output(wrong, table[ids]) == "MISMATCH: 1 of 5 rows differ, first at position 3"
