@@ -37,6 +37,7 @@ from graphbuild.errors import (
     PartitionError,
     PassError,
     PluginNotFoundError,
+    RuntimeVersionError,
     ShapeInferenceError,
     VerificationError,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "PartitionError",
     "PassError",
     "PluginNotFoundError",
+    "RuntimeVersionError",
     "ShapeInferenceError",
     "Tensor",
     "Value",

@@ -12,6 +12,7 @@ from graphbuild.engine.manifest import MANIFEST, TensorSpec, check_files, read_m
 from graphbuild.errors import EngineError, InputError
 from graphbuild.plugin import DOMAIN, TP_EMBEDDING
 from graphbuild.runtime.executor import LocalExecutor
+from graphbuild.runtime.ort_check import check_runtime
 from graphbuild.runtime.feeds import validate_feeds
 
 #: Custom ops this graphbuild's plugin library provides, as (domain, op_type).
@@ -85,6 +86,7 @@ class Engine:
             EngineError: missing, truncated, tampered or wrong-version engine; the message names
                 the file.
         """
+        check_runtime()
         root = Path(path)
         manifest = read_manifest(root)
         if verify:

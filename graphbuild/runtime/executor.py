@@ -41,6 +41,7 @@ from graphbuild.errors import EngineError, ExecutionError, GraphBuildError, Inpu
 from graphbuild.ops.embedding import out_of_range_message
 from graphbuild.ops.registry import get_op
 from graphbuild.runtime.collectives import MODELLED_COLLECTIVES, CollectiveRun, HostCollectiveRun, HostCopy, SessionCache
+from graphbuild.runtime.ort_check import detached_outputs
 from graphbuild.runtime.ortvalues import aligned_empty, allocate, device_of, host_view, to_ortvalue, write_into
 from graphbuild.runtime.session import create_session, default_providers
 
@@ -111,7 +112,7 @@ class SegmentRun:
         for name in check_names:
             self.binding.bind_output(name, "cpu")  # three int64s read on the host after each run
         self._execute()
-        produced = self.binding.get_outputs()
+        produced = detached_outputs(self.binding)
         self.binding.clear_binding_outputs()
         for name, value in zip(spec.outputs + check_names, produced):
             self.binding.bind_ortvalue_output(name, value)  # later runs write into the same buffers
