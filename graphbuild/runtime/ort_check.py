@@ -25,10 +25,7 @@ from graphbuild.errors import RuntimeVersionError
 
 #: The oldest ONNX Runtime release graphbuild supports (both ``onnxruntime`` and
 #: ``onnxruntime-gpu``); pyproject.toml's dependency floor says the same.
-MIN_ORT_VERSION = (1, 18, 0)
-
-#: The first release whose ``IOBinding.get_outputs()`` returns values that own their tensors.
-_OWNED_OUTPUTS_VERSION = (1, 30, 0)
+MIN_ORT_VERSION = (1, 20, 0)
 
 _MODULE_FILE = "onnxruntime/__init__.py"
 
@@ -100,9 +97,9 @@ def version_error(version: str) -> Optional[str]:
         return None
     need = format_version(MIN_ORT_VERSION)
     return (
-        f"onnxruntime {version} is installed, but graphbuild needs ONNX Runtime {need} or newer "
-        f"(older releases return wrong results); upgrade it: pip install -U 'onnxruntime-gpu>={need}' "
-        f"(or 'onnxruntime>={need}' where there is no GPU build)"
+        f"onnxruntime {version} is installed, but graphbuild needs ONNX Runtime {need} or newer; "
+        f"upgrade it: pip install -U 'onnxruntime-gpu>={need}' (or 'onnxruntime>={need}' on "
+        f"platforms without the GPU build)"
     )
 
 
@@ -129,20 +126,21 @@ def check_runtime() -> None:
             warnings.warn(side_by_side, RuntimeInstallWarning, stacklevel=3)
 
 
-def _outputs_are_views() -> bool:
-    parsed = parse_version(installed_version())
-    return parsed is not None and parsed < _OWNED_OUTPUTS_VERSION
-
-
 def detached_outputs(binding: ort.IOBinding) -> list[ort.OrtValue]:
     """``binding.get_outputs()`` as values that stay valid after the binding's outputs are cleared
-    or rebound (they share the tensors, nothing is copied)."""
+    or rebound (they share the tensors, nothing is copied).
+
+    Before ONNX Runtime 1.30 each value refers to a slot of the binding's own output vector;
+    copying the values into a vector of our own gives each one a reference to its tensor that the
+    binding cannot free. Done on every release (it costs one small vector per segment and plan),
+    so the same code runs on the floor and the newest; a binding without the vector type (a future
+    release) already returns values of their own.
+    """
     produced = binding.get_outputs()
-    if not _outputs_are_views():
+    vector_type = getattr(ort.capi.onnxruntime_pybind11_state, "OrtValueVector", None)
+    if vector_type is None or not all(hasattr(value, "_ortvalue") for value in produced):
         return produced
-    # Before 1.30 each value refers to a slot of the binding's output vector; copying the values
-    # into a vector of our own gives each one a reference to its tensor that the binding cannot free.
-    owned = ort.capi.onnxruntime_pybind11_state.OrtValueVector()
+    owned = vector_type()
     for value in produced:
         owned.push_back(value._ortvalue)
     return [ort.OrtValue(value) for value in owned]
