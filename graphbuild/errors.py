@@ -66,3 +66,8 @@ class OutOfRangeIdError(InputError):
 
 class ExecutionError(GraphBuildError):
     """ONNX Runtime or a collective failed while an engine ran."""
+
+
+class ConfigurationError(GraphBuildError):
+    """An environment variable or a setting argument (providers, threads, executor) has a value
+    graphbuild does not accept; the message names it and the accepted values."""

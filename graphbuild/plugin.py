@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from pathlib import Path
+from typing import NamedTuple, Optional
 
 from graphbuild.errors import PluginNotFoundError
 
@@ -19,6 +21,49 @@ DOMAIN_VERSION = 1
 TP_EMBEDDING = "TPEmbedding"
 
 _LIB_STEM = "graphbuild_ortops"
+
+
+# ---------------------------------------------------------------- the out-of-range error contract
+# The plugin's kernels report an id outside the vocabulary as an INVALID_ARGUMENT status whose text
+# is ``format_out_of_range(...)`` with ``op=TP_EMBEDDING`` (written by OutOfRangeStatus in
+# plugins/src/tp_embedding_common.cc); the runtime reads it back with ``parse_out_of_range`` and
+# re-raises it in the user-facing wording (``op="embedding"``), which the reference interpreter and
+# the standard-op lowering use directly. Both directions live here, next to each other.
+
+
+class OutOfRange(NamedTuple):
+    """An out-of-range id as the plugin reports it."""
+
+    node: str
+    bad_id: int
+    position: int
+    vocab_size: int
+
+
+_OUT_OF_RANGE = re.compile(
+    r"(?P<op>\w+) '(?P<node>[^']*)': id (?P<id>-?\d+) at flat position (?P<pos>\d+) is outside the vocabulary \[0, (?P<vocab>\d+)\)"
+)
+
+
+def format_out_of_range(node: str, bad_id: int, position: int, vocab_size: int, *, op: str = "embedding") -> str:
+    """The one wording of the out-of-range error.
+
+    Args:
+        node: the embedding node's name.
+        bad_id: the offending id.
+        position: its flat position in the ids tensor.
+        vocab_size: the vocabulary size; valid ids are ``[0, vocab_size)``.
+        op: ``"embedding"`` for the user-facing message, ``TP_EMBEDDING`` for the plugin's status text.
+    """
+    return f"{op} '{node}': id {bad_id} at flat position {position} is outside the vocabulary [0, {vocab_size})"
+
+
+def parse_out_of_range(text: str, *, op: str = TP_EMBEDDING) -> Optional[OutOfRange]:
+    """Finds ``format_out_of_range(..., op=op)`` in ``text`` (an ONNX Runtime error); None if absent."""
+    for found in _OUT_OF_RANGE.finditer(text):
+        if found["op"] == op:
+            return OutOfRange(found["node"], int(found["id"]), int(found["pos"]), int(found["vocab"]))
+    return None
 
 
 def _library_filename() -> str:

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from graphbuild import functional as F
 from graphbuild.errors import GraphConstructionError
-from graphbuild.ir.value import Shape, Value
+from graphbuild.ir.value import Shape, Value, register_handle_type
 
 if TYPE_CHECKING:
     from graphbuild.dtypes import DType, DTypeLike
@@ -53,77 +54,49 @@ class Tensor:
     def __repr__(self) -> str:
         return f"Tensor({self.value.describe()})"
 
-    # Arithmetic builds ops; the functional module is imported lazily (it imports this module).
+    # Arithmetic builds ops in the tensor's network through graphbuild.functional.
     def __add__(self, other: Any) -> "Tensor":
-        from graphbuild import functional as F
-
         return F.add(self, other)
 
     def __radd__(self, other: Any) -> "Tensor":
-        from graphbuild import functional as F
-
         return F.add(other, self)
 
     def __sub__(self, other: Any) -> "Tensor":
-        from graphbuild import functional as F
-
         return F.sub(self, other)
 
     def __rsub__(self, other: Any) -> "Tensor":
-        from graphbuild import functional as F
-
         return F.sub(other, self)
 
     def __mul__(self, other: Any) -> "Tensor":
-        from graphbuild import functional as F
-
         return F.mul(self, other)
 
     def __rmul__(self, other: Any) -> "Tensor":
-        from graphbuild import functional as F
-
         return F.mul(other, self)
 
     def __truediv__(self, other: Any) -> "Tensor":
-        from graphbuild import functional as F
-
         return F.div(self, other)
 
     def __rtruediv__(self, other: Any) -> "Tensor":
-        from graphbuild import functional as F
-
         return F.div(other, self)
 
     def __matmul__(self, other: Any) -> "Tensor":
-        from graphbuild import functional as F
-
         return F.matmul(self, other)
 
     def __rmatmul__(self, other: Any) -> "Tensor":
-        from graphbuild import functional as F
-
         return F.matmul(other, self)
 
     def __neg__(self) -> "Tensor":
-        from graphbuild import functional as F
-
         return F.mul(self, -1)
 
     def cast(self, dtype: "DTypeLike") -> "Tensor":
-        from graphbuild import functional as F
-
         return F.cast(self, dtype)
 
     def reshape(self, *shape: Any) -> "Tensor":
-        from graphbuild import functional as F
-
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         return F.reshape(self, shape)
 
     def transpose(self, perm: Sequence[int] | None = None) -> "Tensor":
-        from graphbuild import functional as F
-
         return F.transpose(self, perm)
 
     def __getitem__(self, key: Any) -> "Tensor":
@@ -137,8 +110,6 @@ class Tensor:
             GraphConstructionError: more indices than axes, two ellipses, an int outside a static
                 dim, or an index of another type.
         """
-        from graphbuild import functional as F
-
         items = key if isinstance(key, tuple) else (key,)
         if sum(item is Ellipsis for item in items) > 1:
             raise GraphConstructionError(f"{self!r}[{key!r}]: an index can only have one ellipsis ('...')")
@@ -186,3 +157,6 @@ class Tensor:
         raise GraphConstructionError(
             f"{self!r} is symbolic and has no truth value; use graphbuild.functional.where for data-dependent choices"
         )
+
+
+register_handle_type(Tensor)

@@ -82,7 +82,7 @@ def test_tp_embedding_matrix(tmp_path, rng, tp_size, sharding_dim, dtype, use_pl
         network = [make_network(tables, tp_size, sharding_dim, tp_rank=r) for r in range(tp_size)]
     engine = gb.build(network, tmp_path / "engine", use_plugin=use_plugin, verify_each_pass=True)
     assert engine.tp_size == tp_size
-    assert bool(engine.manifest["custom_ops"]) == use_plugin
+    assert bool(engine.manifest.custom_ops) == use_plugin
     smallest_vocab = min(t.shape[0] for t in tables.values())
     for empty in (False, True):
         feeds = make_feeds(rng, smallest_vocab, empty)

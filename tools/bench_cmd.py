@@ -6,12 +6,15 @@ instead, and against the memory-bandwidth ceiling.
     graphbuild bench --dtype bfloat16 --tokens 4096 16384 --threads 1 --json out/bench.json
     graphbuild bench --device cuda                # ONNX Runtime's CUDA provider, data on the device
 
-For every table (vocab x hidden, dtype), thread count and token count it times the copy ceiling,
-``numpy.take``, ONNX Runtime's ``Gather``, ``TPEmbedding`` over the full table and over one vocab
-shard, a whole engine (``engine.run``) and ``torch.nn.functional.embedding`` when torch imports;
-every path's output is first compared with ``numpy.take`` (bit for bit). It prints one table per
-configuration and the performance issues' kernel targets; ``--json`` keeps everything for tracking.
-Pieces: ``bench_paths`` (the timed paths), ``bench_report`` (tables, targets, JSON).
+For every table (vocab x hidden, dtype), thread count and token count it times the copy ceiling
+(the best of several copies), ``numpy.take``, ONNX Runtime's ``Gather``, ``TPEmbedding`` over the
+full table and over one vocab shard, whole engines (``engine.run`` with and without ``out=``, at
+each ``--tp`` size) against a bare ``session.run`` of a ``Gather`` model, and
+``torch.nn.functional.embedding`` when torch imports; every path's output is first compared with
+``numpy.take`` (bit for bit). It prints the CPU kernel's strategy, one table per configuration and
+the targets; ``--json`` keeps everything for tracking. Pieces: ``bench_paths`` (the timed paths),
+``bench_copy`` (the copy ceiling, the kernel's strategy), ``bench_engine`` (the engine paths),
+``bench_report`` (tables, targets, JSON).
 """
 
 from __future__ import annotations
@@ -28,13 +31,14 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from graphbuild import dtypes
-from graphbuild.tools import bench_paths, bench_report
+from graphbuild.tools import bench_copy, bench_engine, bench_paths, bench_report
 from graphbuild.tools.common import CLIError, format_bytes
 
 VOCABS = (32000, 128256)  # LLaMA 2 and LLaMA 3
 HIDDEN = 4096
 TOKENS = (1, 16, 256, 4096, 16384)
 DTYPES = ("float32", "float16", "bfloat16")
+TP_SIZES = (1,)  # engines built per table; --tp 1 2 4 adds the tensor-parallel ones
 QUICK = {"vocab": (32000,), "tokens": (1, 16, 4096), "dtype": ("float32", "bfloat16")}
 ROTATIONS = 8  # id sets per token count, used in turn
 ROUNDS = 3  # the paths of one configuration take turns this many times
@@ -49,9 +53,9 @@ ID_SHIFT_CYCLES = 16  # measure_alternating moves each path on to the next id se
 PAIRED_CALLS, QUICK_PAIRED_CALLS = 20000, 3000
 MEMORY_FRACTION = 0.85  # of the available RAM a configuration may plan to use
 # Host buffers of the output's size a configuration holds at most: the copy's source and target,
-# numpy's and torch's per-call outputs, three bound ORT outputs, the engine's output and its
-# conversion, the reference and the checked copy.
-OUTPUT_BUFFERS = 11
+# numpy's and torch's per-call outputs, three bound ORT outputs, the engines' outputs and their
+# conversion, the bare session's output, the reference and the checked copy.
+OUTPUT_BUFFERS = 13
 
 
 def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -80,7 +84,8 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cpu (default), or cuda: ONNX Runtime's CUDA provider with inputs and outputs on the GPU")
     parser.add_argument("--repeats", type=int, metavar="N", help="timed calls per path (default: as many as fit a time budget, at least 5)")
     parser.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed calls per path first (default 3)")
-    parser.add_argument("--no-engine", action="store_true", help="leave out engine.run (saves writing each table to disk)")
+    parser.add_argument("--no-engine", action="store_true", help="leave out engine.run and the bare session.run it is judged against (saves writing each table to disk)")
+    parser.add_argument("--tp", type=int, nargs="+", metavar="N", help="tensor-parallel sizes of the engines (default 1; each builds its own engine of the table)")
     parser.add_argument("--spin", action="store_true", help="let ONNX Runtime's idle pool threads spin (its default; off here so one session's spinning does not slow the next path)")
     parser.add_argument("--no-torch", action="store_true", help="leave out torch even when it is installed")
     parser.add_argument("--seed", type=int, default=0, help="seed of the tables and ids (default 0)")
@@ -125,6 +130,7 @@ def settings_from(args: argparse.Namespace) -> dict[str, Any]:
         "paired_calls": args.repeats or (QUICK_PAIRED_CALLS if quick else PAIRED_CALLS),
         "rotations": ROTATIONS,
         "engine": not args.no_engine,
+        "tp": _positive(args.tp or TP_SIZES, "tp") if not args.no_engine else (),
         "torch": not args.no_torch,
         "spin": args.spin,
         "seed": args.seed,
@@ -160,12 +166,14 @@ def make_table(vocab: int, hidden: int, dtype: dtypes.DType, rng: np.random.Gene
     return table
 
 
-def memory_needed(vocab: int, hidden: int, dtype: dtypes.DType, tokens: int, *, engine: bool) -> int:
-    """Host bytes one configuration needs at its peak: the table, plus with the engine two more
-    copies (building it serializes the table; the loaded engine's session holds its own copy),
-    plus the output-sized buffers of every path."""
+def memory_needed(vocab: int, hidden: int, dtype: dtypes.DType, tokens: int, *, engines: int) -> int:
+    """Host bytes one configuration needs at its peak: the table, plus with ``engines`` engines
+    two more copies each (building one serializes the table; the loaded engine's sessions hold
+    their own copy) and one for the bare session's initializer, plus the output-sized buffers of
+    every path."""
     table = vocab * hidden * dtype.itemsize
-    return table * (3 if engine else 1) + OUTPUT_BUFFERS * tokens * hidden * dtype.itemsize
+    copies = 1 + (2 * engines + 1 if engines else 0)
+    return table * copies + OUTPUT_BUFFERS * tokens * hidden * dtype.itemsize
 
 
 def expected_output(table: np.ndarray, ids: np.ndarray, expects: str, shard_rows: int) -> np.ndarray:
@@ -237,7 +245,7 @@ def measure_alternating(paths: Sequence[bench_paths.TimedPath], calls: int) -> l
     For paths of a few microseconds, as TPEmbedding and ORT Gather are at 1 to 16 tokens (nearly
     all of it ONNX Runtime's per-call cost), the machine's state drifts by a few percent between
     the blocks that ``measure`` times, which decides the sign of a ratio this close to 1: timed in
-    blocks, the ratio of the two landed anywhere in 0.94-1.12 over full runs on the development VM.
+    blocks, the ratio of the two landed anywhere in 0.94-1.12 over full runs on a 2-core development machine.
     Alternating call by call, drift hits them alike.
 
     What runs just before a call matters as well: a call that follows a call of the same op finds
@@ -298,16 +306,16 @@ def run_benchmark(settings: dict[str, Any], emit: Callable[[str], None] = print)
 
 
 def _run_table(settings: dict[str, Any], vocab: int, hidden: int, dtype: dtypes.DType, rng: np.random.Generator, scratch: Path, results: list, skipped: list, errors: list, emit: Callable[[str], None]) -> None:
-    device, engine_wanted = settings["device"], settings["engine"]
+    device, engines = settings["device"], len(settings["tp"])
     table_bytes = vocab * hidden * dtype.itemsize
     available = bench_report.available_memory()
-    fits = [t for t in settings["tokens"] if memory_needed(vocab, hidden, dtype, t, engine=engine_wanted) <= MEMORY_FRACTION * available]
-    most = memory_needed(vocab, hidden, dtype, max(fits or settings["tokens"]), engine=engine_wanted)
+    fits = [t for t in settings["tokens"] if memory_needed(vocab, hidden, dtype, t, engines=engines) <= MEMORY_FRACTION * available]
+    most = memory_needed(vocab, hidden, dtype, max(fits or settings["tokens"]), engines=engines)
     emit("")
     emit(f"vocab {vocab} x hidden {hidden}, {dtype}: table {format_bytes(table_bytes)}, needs about {format_bytes(most)} of RAM ({format_bytes(available)} available)")
     for tokens in settings["tokens"]:
         if tokens not in fits:
-            need = memory_needed(vocab, hidden, dtype, tokens, engine=engine_wanted)
+            need = memory_needed(vocab, hidden, dtype, tokens, engines=engines)
             reason = f"needs about {format_bytes(need)} of RAM, more than {MEMORY_FRACTION:.0%} of the {format_bytes(available)} available"
             emit(f"  skipped {tokens} tokens: {reason}")
             skipped.append({"vocab": vocab, "hidden": hidden, "dtype": dtype.name, "tokens": tokens, "reason": reason})
@@ -315,15 +323,15 @@ def _run_table(settings: dict[str, Any], vocab: int, hidden: int, dtype: dtypes.
         return
     table = make_table(vocab, hidden, dtype, rng)
     id_sets = {t: [rng.integers(0, vocab, size=t, dtype=np.int64) for _ in range(settings["rotations"])] for t in fits}
-    engine_dir = None
-    if engine_wanted:
+    engine_dirs = {}
+    for tp_size in settings["tp"]:
         start = time.perf_counter()
-        engine_dir = bench_paths.build_engine(table, dtype, scratch)
-        emit(f"  engine built in {time.perf_counter() - start:.1f} s")
+        engine_dirs[tp_size] = bench_engine.build_engine(table, dtype, scratch, tp_size)
+        emit(f"  engine (tp {tp_size}) built in {time.perf_counter() - start:.1f} s")
     lines_started = False
     try:
         for threads in settings["threads"]:
-            setup = bench_paths.LookupSetup(table, dtype, threads, device, engine_dir=engine_dir, use_torch=settings["torch"], spin=settings["spin"])
+            setup = bench_paths.LookupSetup(table, dtype, threads, device, engine_dirs=engine_dirs, use_torch=settings["torch"], spin=settings["spin"])
             try:
                 for label, reason in setup.skipped.items():
                     emit(f"  {threads} thread{'s' if threads > 1 else ''}: {label} left out: {reason}")
@@ -346,7 +354,7 @@ def _run_table(settings: dict[str, Any], vocab: int, hidden: int, dtype: dtypes.
             finally:
                 setup.close()
     finally:
-        if engine_dir is not None:
+        for engine_dir in engine_dirs.values():
             shutil.rmtree(engine_dir, ignore_errors=True)
 
 
@@ -397,6 +405,7 @@ def _run_group(settings: dict[str, Any], setup: bench_paths.LookupSetup, vocab: 
                 "check": checks[path.key],  # "-": nothing to check (the copy)
             }
         )
+    group = bench_copy.best_of(group)
     bench_report.add_ratios(group)
     by_key = {r["path"]: r for r in group}
     if tokens <= PAIRED_MAX_TOKENS and "ort_gather" in by_key and "tp_embedding" in by_key:
@@ -405,6 +414,12 @@ def _run_group(settings: dict[str, Any], setup: bench_paths.LookupSetup, vocab: 
             ours = by_key["tp_embedding"]
             ours.update(alternating_ratios(measure_alternating(cycle, settings["paired_calls"])))
             ours["paired_calls"] = settings["paired_calls"]
+    if tokens <= PAIRED_MAX_TOKENS and "engine_run" in by_key:
+        cycle = setup.alternating_engine_paths(id_sets)  # bare session.run, engine.run
+        if cycle:
+            session_times, engine_times = measure_alternating(cycle, settings["paired_calls"])
+            session_ms, engine_ms = float(np.median(session_times)) * 1e3, float(np.median(engine_times)) * 1e3
+            by_key["engine_run"].update({"vs_session_paired": session_ms / engine_ms, "overhead_us_paired": (engine_ms - session_ms) * 1e3, "paired_calls": settings["paired_calls"]})
     return group
 
 

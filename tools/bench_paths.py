@@ -1,8 +1,9 @@
 """The timed paths of ``graphbuild bench``: one embedding lookup done several ways, on CPU or CUDA.
 
 A *path* is one way of producing ``table[ids]`` (or, for the copy ceiling, of moving the same number
-of bytes): the copy, ``numpy.take``, ONNX Runtime's ``Gather``, graphbuild's ``TPEmbedding`` over
-the full table and over one vocab shard, a whole graphbuild engine, and PyTorch's ``F.embedding``.
+of bytes): the copies (``bench_copy``), ``numpy.take``, ONNX Runtime's ``Gather``, graphbuild's
+``TPEmbedding`` over the full table and over one vocab shard, whole graphbuild engines and the bare
+ONNX Runtime session they are judged against (``bench_engine``), and PyTorch's ``F.embedding``.
 Each path is built once per configuration with everything it needs already allocated (inputs on
 the device, output buffers bound through ONNX Runtime's IO binding), so a timed call does only the
 lookup. ``run(i)`` performs one call with pre-generated id set ``i``; ``result(i)`` runs once more
@@ -25,6 +26,7 @@ from graphbuild import dtypes
 from graphbuild.plugin import DOMAIN, DOMAIN_VERSION, TP_EMBEDDING
 from graphbuild.runtime.ortvalues import aligned_empty
 from graphbuild.runtime.session import CPU, CUDA, cuda_device_count, session_options
+from graphbuild.tools import bench_copy, bench_engine
 from graphbuild.tools.common import CLIError
 
 #: Below this many bytes per thread a multi-threaded copy is done by the calling thread alone
@@ -167,12 +169,13 @@ class LookupSetup:
         dtype: its graphbuild dtype.
         threads: thread count of every path (ONNX Runtime ``intra_op_num_threads``, torch's, the copy's).
         device: ``"cpu"`` or ``"cuda"``.
-        engine_dir: a built engine (tp_size 1, the same table) to load, or None to leave it out.
+        engine_dirs: built engines of the same table by tp size (``bench_engine.build_engine``), to
+            load; empty to leave the engines and the bare session out.
         use_torch: time ``torch.nn.functional.embedding`` when torch imports.
         spin: keep ONNX Runtime's default of spinning idle pool threads (off: they sleep).
     """
 
-    def __init__(self, table: np.ndarray, dtype: dtypes.DType, threads: int, device: str, *, engine_dir: Optional[Path], use_torch: bool, spin: bool = False) -> None:
+    def __init__(self, table: np.ndarray, dtype: dtypes.DType, threads: int, device: str, *, engine_dirs: dict[int, Path], use_torch: bool, spin: bool = False) -> None:
         self.spin = spin
         self.table = table
         self.dtype = dtype
@@ -191,7 +194,9 @@ class LookupSetup:
         }
         self.copy_session = self._session("Identity", 0) if device != "cpu" else None
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads - 1) if device == "cpu" and threads > 1 else None
-        self.engine = self._load_engine(engine_dir) if engine_dir is not None else None
+        self.ceiling = bench_copy.CopyCeiling(table, threads, self.pool, PARALLEL_COPY_MIN_BYTES) if device == "cpu" else None
+        self.engines = bench_engine.load_engines(engine_dirs, self.providers, threads, self.skipped)
+        self.gather_run = self._gather_run_session() if engine_dirs else None
         self.torch = self._import_torch() if use_torch else None
 
     # ----------------------------------------------------------------------------- set-up
@@ -213,13 +218,14 @@ class LookupSetup:
             self.skipped[label] = f"ONNX Runtime cannot create the session: {' '.join(str(exc).split())[:200]}"
             return None
 
-    def _load_engine(self, engine_dir: Path) -> Any:
-        from graphbuild.engine import Engine
-
+    def _gather_run_session(self) -> Optional[ort.InferenceSession]:
         try:
-            return Engine.load(engine_dir, providers=self.providers, verify=False, intra_op_threads=self.threads)
-        except Exception as exc:
-            self.skipped["engine.run"] = f"the engine does not load: {' '.join(str(exc).split())[:200]}"
+            options = session_options(needs_plugin=False, intra_op_threads=self.threads)
+            if not self.spin:
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            return bench_engine.gather_session(self.table, self.dtype, options, self.providers)
+        except Exception as exc:  # onnxruntime's own exception classes
+            self.skipped["ORT Gather, session.run"] = f"ONNX Runtime cannot create the session: {' '.join(str(exc).split())[:200]}"
             return None
 
     def _import_torch(self) -> Any:
@@ -238,50 +244,26 @@ class LookupSetup:
         if self.pool is not None:
             self.pool.shutdown(wait=True)
         self.sessions.clear()
-        self.engine = self.copy_session = self.torch = None
+        self.engines.clear()
+        self.gather_run = self.copy_session = self.torch = None
 
     # ----------------------------------------------------------------------------- paths
     def paths(self, id_sets: Sequence[np.ndarray]) -> list[TimedPath]:
         """Every available path for ``len(id_sets[0])`` tokens, copy ceiling first."""
         tokens = len(id_sets[0])
-        found = [self._copy_path(tokens, len(id_sets)), self._numpy_path(id_sets)]
+        if self.ceiling is not None:
+            target = aligned_zeros((tokens, self.hidden), self.table.dtype)
+            found = [*self.ceiling.paths(tokens, len(id_sets), target, TimedPath), self._numpy_path(id_sets)]
+        else:
+            found = [self._device_copy_path((tokens, self.hidden)), self._numpy_path(id_sets)]
         for key, label in _ORT_LABELS.items():
             session = self.sessions.get(key)
             if session is not None:
                 found.append(self._ort_path(key, label, session, id_sets))
-        if self.engine is not None:
-            found.append(self._engine_path(id_sets))
+        found.extend(self.paths_of_engines(id_sets))
         if self.torch is not None:
             found.append(self._torch_path(id_sets))
         return [p for p in found if p is not None]
-
-    def _copy_path(self, tokens: int, rotations: int) -> Optional[TimedPath]:
-        shape = (tokens, self.hidden)
-        if self.device == "cpu":
-            # The source is a window of the table itself, a different one per call like the ids, so
-            # the copy reads the same memory as the lookups (a fixed source would sit in cache).
-            if tokens <= self.vocab:
-                sources = [self.table[start : start + tokens] for start in _windows(self.vocab, tokens, rotations)]
-            else:
-                sources = [np.resize(self.table, shape)]
-            target = aligned_zeros(shape, self.table.dtype)
-            chunks = _row_chunks(tokens, self.threads, target.nbytes)
-            count = len(sources)
-
-            def copy(i: int) -> None:
-                source = sources[i % count]
-                if len(chunks) == 1:
-                    np.copyto(target, source)
-                    return
-                futures = [self.pool.submit(np.copyto, target[a:b], source[a:b]) for a, b in chunks[1:]]
-                a, b = chunks[0]
-                np.copyto(target[a:b], source[a:b])
-                for future in futures:
-                    future.result()
-
-            label = "copy (ceiling)" if len(chunks) == 1 else f"copy, {len(chunks)} threads (ceiling)"
-            return TimedPath("copy", label, copy, lambda i: None, None)
-        return self._device_copy_path(shape)
 
     def _device_copy_path(self, shape: tuple[int, int]) -> Optional[TimedPath]:
         torch = self.torch
@@ -352,27 +334,22 @@ class LookupSetup:
             paths.append(TimedPath(name, label, bound.run, bound.result, "full"))
         return paths
 
+    def alternating_engine_paths(self, id_sets: Sequence[np.ndarray]) -> list[TimedPath]:
+        """The bare ``session.run`` of ORT Gather and the default ``engine.run`` at tp 1, for timing
+        with their calls alternating; empty when either is missing."""
+        found = {p.key: p for p in self.paths_of_engines(id_sets)}
+        return [found[k] for k in ("ort_gather_run", "engine_run")] if {"ort_gather_run", "engine_run"} <= set(found) else []
+
+    def paths_of_engines(self, id_sets: Sequence[np.ndarray]) -> list[TimedPath]:
+        """The bare session's path and the engines' paths (see ``bench_engine``)."""
+        found = [bench_engine.session_path(self.gather_run, id_sets, self.dtype, TimedPath)]
+        found.extend(bench_engine.engine_paths(self.engines, id_sets, self.hidden, self.dtype, self.device, TimedPath))
+        return [p for p in found if p is not None]
+
     def _ort_path(self, key: str, label: str, session: ort.InferenceSession, id_sets: Sequence[np.ndarray]) -> TimedPath:
         table = self.shard_buffer if key == "tp_embedding_shard" else self.table_buffer
         bound = _BoundLookup(session, table, id_sets, self.hidden, self.device)
         return TimedPath(key, label, bound.run, bound.result, "shard" if key == "tp_embedding_shard" else "full")
-
-    def _engine_path(self, id_sets: Sequence[np.ndarray]) -> TimedPath:
-        engine, count = self.engine, len(id_sets)
-        feeds = [{"input_ids": ids.reshape(1, -1)} for ids in id_sets]
-        name = engine.outputs[0].name
-        # Like the ONNX Runtime paths, the engine writes into one preallocated output (out=).
-        target = aligned_zeros((1, len(id_sets[0]), self.hidden), self.dtype.numpy) if self.device == "cpu" else None
-        out = {name: target} if target is not None else None
-
-        def run(i: int) -> Any:
-            return engine.run(feeds[i % count], out=out)
-
-        def result(i: int) -> np.ndarray:
-            return run(i)[name].reshape(-1, self.hidden)
-
-        label = "engine.run (tp 1, out=)" if self.device == "cpu" else "engine.run (tp 1, host arrays)"
-        return TimedPath("engine", label, run, result, "full")
 
     def _torch_path(self, id_sets: Sequence[np.ndarray]) -> TimedPath:
         torch = self.torch
@@ -431,38 +408,8 @@ class _BoundLookup:
         return self.out.to_host()
 
 
-def _windows(rows: int, size: int, count: int) -> list[int]:
-    """Start rows of ``count`` windows of ``size`` rows spread over ``rows`` rows."""
-    span = rows - size
-    return sorted({span * k // max(1, count - 1) for k in range(count)}) if count > 1 else [0]
-
-
-def _row_chunks(rows: int, threads: int, nbytes: int) -> list[tuple[int, int]]:
-    """Row ranges of a copy split over ``threads`` (one range when the copy is small)."""
-    parts = max(1, min(threads, rows, nbytes // PARALLEL_COPY_MIN_BYTES))
-    bounds = [rows * k // parts for k in range(parts + 1)]
-    return [(bounds[k], bounds[k + 1]) for k in range(parts)]
-
-
 def _torch_dtype(torch: Any, dtype: dtypes.DType) -> Any:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype.name]
-
-
-def build_engine(table: np.ndarray, dtype: dtypes.DType, root: Path) -> Path:
-    """Builds ``examples/embedding_tp.py``'s network (tp_size 1, this table) into ``root/engine``."""
-    import graphbuild as gb
-    from graphbuild import layers
-
-    vocab, hidden = table.shape
-    wte = layers.Embedding(vocab, hidden, dtype=dtype.name, weight=table, name="wte")
-    net = gb.Network("bench_embedding")
-    with net:
-        ids = net.add_input("input_ids", dtype="int64", shape=("batch", "seq"))
-        net.mark_output(wte(ids), "embeddings")
-    path = Path(root) / "engine"
-    engine = gb.build(net, path, overwrite=True, providers=[CPU])
-    del engine
-    return path
 
 
 def temporary_root() -> tempfile.TemporaryDirectory:

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from graphbuild.tools.common import CLIError, format_bytes
 from graphbuild.tools.loader import as_networks, call_with_kwargs, describe_signature, loaded_function, parse_settings
+
+if TYPE_CHECKING:
+    from graphbuild.engine.manifest import Manifest
 
 
 def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -63,20 +66,19 @@ def run_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def summarize(manifest: dict[str, Any], path: str, define_s: float, build_s: float) -> str:
+def summarize(manifest: Manifest, path: str, define_s: float, build_s: float) -> str:
     """The lines ``graphbuild build`` prints about a new engine."""
-    ranks = manifest["ranks"]
-    segments = sum(1 for step in ranks[0]["steps"] if step["kind"] == "segment")
-    collectives = sum(1 for step in ranks[0]["steps"] if step["kind"] == "collective")
-    total = sum(entry["bytes"] for entry in manifest["files"].values())
-    custom = ", ".join(f"{op['domain']}::{op['op_type']}" for op in manifest["custom_ops"]) or "none (standard ONNX only)"
+    first = manifest.ranks[0]
+    segments, collectives = len(first.segments), len(first.collectives)
+    total = sum(entry.size for entry in manifest.files.values())
+    custom = ", ".join(f"{op.domain}::{op.op_type}" for op in manifest.custom_ops) or "none (standard ONNX only)"
     rows = [
         ("engine", path),
-        ("tp_size", f"{manifest['tp_size']} (ranks {manifest.get('tp_group', list(range(len(ranks))))})"),
+        ("tp_size", f"{manifest.tp_size} (ranks {list(manifest.tp_group)})"),
         ("per rank", f"{segments} segment(s), {collectives} collective(s)"),
         ("custom ops", custom),
-        ("files", f"{len(manifest['files'])}, {format_bytes(total)}"),
+        ("files", f"{len(manifest.files)}, {format_bytes(total)}"),
         ("time", f"network {define_s * 1000:.0f} ms, build {build_s * 1000:.0f} ms"),
     ]
     width = max(len(key) for key, _ in rows)
-    return "\n".join([f"built engine '{manifest['name']}'"] + [f"  {key.ljust(width)}  {value}" for key, value in rows])
+    return "\n".join([f"built engine '{manifest.name}'"] + [f"  {key.ljust(width)}  {value}" for key, value in rows])

@@ -1,4 +1,4 @@
-"""The ``graphbuild`` command line: ``build``, ``run`` and ``inspect``.
+"""The ``graphbuild`` command line: ``build``, ``run``, ``inspect``, ``bench`` and ``viz``.
 
     graphbuild build examples/embedding_tp.py:make_network -o out/emb --tp-size 2
     graphbuild run out/emb --input input_ids=1,2,3 --output out.npz
@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import graphbuild
 from graphbuild.errors import GraphBuildError
-from graphbuild.tools import bench_cmd, build_cmd, inspect_cmd, run_cmd
+from graphbuild.tools import bench_cmd, build_cmd, inspect_cmd, run_cmd, viz_cmd
 
 PROG = "graphbuild"
 EXIT_OK = 0
@@ -40,7 +40,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", default=False, help="show tracebacks of errors")
     parser.add_argument("--version", action="version", version=f"%(prog)s {graphbuild.__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (build_cmd, run_cmd, inspect_cmd, bench_cmd):
+    for module in (build_cmd, run_cmd, inspect_cmd, bench_cmd, viz_cmd):
         module.add_parser(subparsers, [sub_common])
     return parser
 

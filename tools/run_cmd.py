@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import numpy as np
 
 from graphbuild import dtypes
+from graphbuild.runtime.mpi_cli import run_under_mpi, wants_mpi
 from graphbuild.tools.common import CLIError, format_shape, write_atomically
 
 if TYPE_CHECKING:
@@ -51,6 +52,10 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser.add_argument("-i", "--input", dest="inputs", action="append", default=[], metavar="NAME=SOURCE", help="an input: NAME=file.npy, NAME=file.npz[:key], NAME=1,2,3 or NAME=[[1,2],[3,4]]; repeatable")
     parser.add_argument("-o", "--output", metavar="FILE.npz", help="also write every output to this .npz file")
     parser.add_argument("--no-verify", action="store_true", help="skip the checksum check of the engine's files")
+    # MPI: one process per rank (docs/mpi.md)
+    parser.add_argument("--executor", choices=("auto", "local", "mpi"), default="auto", help="local: every rank in this process; mpi: this MPI process's rank; auto (default): mpi when started by mpiexec")
+    parser.add_argument("--all-ranks", action="store_true", help="print (and write, as FILE.rankR.npz) every rank's outputs, not only rank 0's")
+    parser.add_argument("--replicas", type=int, default=1, metavar="K", help="under mpiexec: K data-parallel copies of the engine (mpiexec -n tp_size*K)")
     parser.set_defaults(handler=run_run)
 
 
@@ -215,20 +220,37 @@ def run_run(args: argparse.Namespace) -> int:
             raise CLIError(f"--output {output}: is a directory; name a .npz file")
         if not output.resolve().parent.is_dir():
             raise CLIError(f"--output {output}: directory '{output.parent}' does not exist")
+    if wants_mpi(args.executor):
+        return run_under_mpi(args, read_inputs, report_outputs)
     start = time.perf_counter()
     engine = gb.Engine.load(args.engine, verify=not args.no_verify)
     loaded = time.perf_counter()
     feeds = read_inputs(args.inputs, engine.inputs, engine.name)
     begin = time.perf_counter()
-    outputs = engine.run(feeds)
+    if args.all_ranks:
+        sections = [(f"rank {rank}", outputs) for rank, outputs in enumerate(engine.run_all_ranks(feeds))]
+    else:
+        sections = [("", engine.run(feeds))]
     ran = time.perf_counter()
-    print(f"engine '{engine.name}' (tp_size {engine.tp_size}): load {1000 * (loaded - start):.0f} ms, run {1000 * (ran - begin):.1f} ms")
-    for name, array in outputs.items():
-        print(f"{name}: {array.dtype.name}{format_shape(array.shape)}  {summarize_array(array)}")
-        if array.size:
-            print(f"  {preview(array)}")
-    if output is not None:
-        widened = save_npz(output, outputs)
-        note = f" ({', '.join(widened)} saved as float32)" if widened else ""
-        print(f"wrote {output}{note}")
+    report_outputs(engine, sections, f"engine '{engine.name}' (tp_size {engine.tp_size}): load {1000 * (loaded - start):.0f} ms, run {1000 * (ran - begin):.1f} ms", Path(args.output) if args.output else None)
     return 0
+
+
+def report_outputs(engine: Any, sections: Sequence[tuple[str, dict[str, np.ndarray]]], timing: str, output: Optional[Path]) -> None:
+    """Prints the timing line and each section's outputs (a section per rank with --all-ranks) and
+    writes them to ``output`` (``FILE.rankR.npz`` per rank when there are several sections)."""
+    print(timing)
+    for heading, outputs in sections:
+        if heading:
+            print(f"{heading}:")
+        for name, array in outputs.items():
+            print(f"{name}: {array.dtype.name}{format_shape(array.shape)}  {summarize_array(array)}")
+            if array.size:
+                print(f"  {preview(array)}")
+    if output is None:
+        return
+    for rank, (_, outputs) in enumerate(sections):
+        path = output if len(sections) == 1 else output.with_name(f"{output.stem}.rank{rank}{output.suffix}")
+        widened = save_npz(path, outputs)
+        note = f" ({', '.join(widened)} saved as float32)" if widened else ""
+        print(f"wrote {path}{note}")

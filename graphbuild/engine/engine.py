@@ -1,45 +1,57 @@
-"""``Engine``: a built engine directory, loaded and ready to run."""
+"""``Engine``: a built engine directory, loaded and ready to run, and the executors that run it.
+
+``EXECUTORS`` maps an executor's name to its factory (``factory(ExecutorRequest) -> Executor``):
+``"local"`` (every rank in this process, the default) and ``"mpi"`` (one rank per MPI process,
+imported only when asked for). Registering another is one entry.
+"""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
-import onnx
 
-from graphbuild.engine.manifest import MANIFEST, TensorSpec, check_files, read_manifest, resolve_inside
+from graphbuild.engine.consistency import check_segments
+from graphbuild.engine.files import PinnedEngineDir, check_files, load_pinned, read_manifest
+from graphbuild.engine.manifest import MANIFEST, Manifest
 from graphbuild.errors import EngineError, InputError
 from graphbuild.plugin import DOMAIN, TP_EMBEDDING
-from graphbuild.runtime.executor import LocalExecutor
+from graphbuild.runtime.feeds import FeedValidator
 from graphbuild.runtime.ort_check import check_runtime
-from graphbuild.runtime.feeds import validate_feeds
+from graphbuild.runtime.protocol import Executor, ExecutorFactory, ExecutorRequest
+from graphbuild.runtime.schedule import Schedule
+from graphbuild.runtime.session import check_providers, check_threads
 
 #: Custom ops this graphbuild's plugin library provides, as (domain, op_type).
 PROVIDED_CUSTOM_OPS = {(DOMAIN, TP_EMBEDDING)}
 
 
-def _check_segment_references(root: Path, manifest: Mapping[str, Any]) -> None:
-    """Every external-data location of every segment must be a listed file inside the engine."""
-    listed = set(manifest["files"])
-    for rank in manifest["ranks"]:
-        for step in rank["steps"]:
-            if step["kind"] != "segment":
-                continue
-            model_path = resolve_inside(root, step["file"], what="segment file")
-            try:
-                model = onnx.load(str(model_path), load_external_data=False)
-            except Exception as exc:  # protobuf's DecodeError and friends
-                raise EngineError(f"{model_path}: not a readable ONNX model ({type(exc).__name__}: {exc}); the engine is corrupt - rebuild it") from None
-            folder = Path(step["file"]).parent.as_posix()
-            for tensor in model.graph.initializer:
-                if tensor.data_location != onnx.TensorProto.EXTERNAL:
-                    continue
-                location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-                relpath = f"{folder}/{location}" if folder not in ("", ".") else location
-                resolve_inside(root, relpath, what=f"external data of '{tensor.name}'", source=model_path)
-                if relpath not in listed:
-                    raise EngineError(f"{model_path}: initializer '{tensor.name}' refers to '{location}', which the manifest does not list")
+def _lazy(target: str) -> ExecutorFactory:
+    """A factory that imports ``module:attribute`` on first use (so mpi4py loads only for MPI)."""
+
+    def factory(request: ExecutorRequest) -> Executor:
+        module, attributes = target.split(":")
+        found: Any = importlib.import_module(module)
+        for attribute in attributes.split("."):
+            found = getattr(found, attribute)
+        return found(request)
+
+    return factory
+
+
+#: Executor name -> factory. ``Engine.load(executor=NAME)`` picks one.
+EXECUTORS: dict[str, ExecutorFactory] = {
+    "local": _lazy("graphbuild.runtime.executor:LocalExecutor.open"),
+    "mpi": _lazy("graphbuild.runtime.mpi_executor:MPIExecutor.open"),
+}
+
+
+def _rank_files(manifest: Manifest, ranks: Sequence[int]) -> dict[str, Any]:
+    """The manifest's ``files`` entries that ``ranks`` read: their segments and the files beside them."""
+    folders = {str(Path(step.file).parent) for r in ranks for step in manifest.ranks[r].segments}
+    return {relpath: entry for relpath, entry in manifest.files.items() if str(Path(relpath).parent) in folders}
 
 
 class Engine:
@@ -56,59 +68,93 @@ class Engine:
         outputs: output specs in order.
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], executor: LocalExecutor) -> None:
+    def __init__(self, path: Path, manifest: Manifest, executor: Executor) -> None:
         self.path = path
         self.manifest = manifest
-        self.name: str = manifest["name"]
-        self.tp_size: int = manifest["tp_size"]
-        self.inputs = [TensorSpec.from_json(spec) for spec in manifest["inputs"]]
-        self.outputs = [TensorSpec.from_json(spec) for spec in manifest["outputs"]]
+        self.name: str = manifest.name
+        self.tp_size: int = manifest.tp_size
+        self.inputs = list(manifest.inputs)
+        self.outputs = list(manifest.outputs)
         self._executor = executor
+        self._output_names = {spec.name for spec in self.outputs}
+        # An executor that shares feeds between processes (MPI) validates them itself.
+        self._feeds = getattr(executor, "share_feeds", None) or FeedValidator(self.inputs, f"engine '{self.name}'")
+
+    @property
+    def executor(self) -> Executor:
+        """The executor that runs this engine's schedule."""
+        return self._executor
 
     @classmethod
     def load(
         cls,
         path: Union[str, Path],
         *,
+        executor: Union[str, Executor] = "local",
         providers: Optional[Sequence[str]] = None,
         verify: bool = True,
         intra_op_threads: Optional[int] = None,
+        executor_options: Optional[Mapping[str, Any]] = None,
     ) -> "Engine":
         """Opens an engine directory.
 
         Args:
             path: the directory ``gb.build`` wrote.
+            executor: ``"local"`` (every rank in this process), ``"mpi"`` (this MPI process's rank;
+                start the script with ``mpiexec``), another name in ``EXECUTORS``, or a ready
+                ``Executor`` (then ``providers`` and ``intra_op_threads`` are its own business).
             providers: ONNX Runtime execution providers; default CUDA when present, else CPU.
-            verify: check every file's size and sha256 against the manifest first.
+            verify: check the size and sha256 of every file the executor opens first.
             intra_op_threads: threads per ONNX Runtime session (default: its own choice).
+            executor_options: options of the named executor (the MPI executor's ``replicas``,
+                ``world_ranks``, ``comm``: see docs/mpi.md).
 
         Raises:
             EngineError: missing, truncated, tampered or wrong-version engine; the message names
-                the file.
+                the file. An unknown executor name.
+            ConfigurationError: bad ``providers`` or ``intra_op_threads`` (or the environment
+                variables ``GRAPHBUILD_PROVIDERS``, ``GRAPHBUILD_ORT_LOG_SEVERITY``), checked first.
         """
         check_runtime()
         root = Path(path)
-        manifest = read_manifest(root)
-        if verify:
-            check_files(root, manifest)
-        for op in manifest["custom_ops"]:
-            key = (op.get("domain"), op.get("op_type"))
-            if key not in PROVIDED_CUSTOM_OPS:
-                raise EngineError(f"{root / MANIFEST}: the engine needs custom op {key[0]}::{key[1]}, which this graphbuild does not provide")
-        _check_segment_references(root, manifest)
-        executor = LocalExecutor(root, manifest, providers=providers, intra_op_threads=intra_op_threads)
-        return cls(root, manifest, executor)
+        providers = check_providers(providers) if isinstance(executor, str) else providers
+        intra_op_threads = check_threads(intra_op_threads)
+        if not isinstance(executor, str) and not isinstance(executor, Executor):
+            raise EngineError(f"Engine.load: executor must be one of {sorted(EXECUTORS)} or an Executor, got {type(executor).__name__}")
+        factory = EXECUTORS.get(executor) if isinstance(executor, str) else None
+        if isinstance(executor, str) and factory is None:
+            raise EngineError(f"Engine.load: unknown executor {executor!r}; choose one of {sorted(EXECUTORS)}")
+
+        def load_from(pin: PinnedEngineDir) -> "Engine":  # every file is read through the pinned directory
+            manifest = read_manifest(pin)
+            for op in manifest.custom_ops:
+                if (op.domain, op.op_type) not in PROVIDED_CUSTOM_OPS:
+                    raise EngineError(f"{root / MANIFEST}: the engine needs custom op {op.domain}::{op.op_type}, which this graphbuild does not provide")
+            if factory is None:
+                return cls(root, manifest, executor)  # type: ignore[arg-type]
+
+            def check_ranks(ranks: Sequence[int]) -> None:
+                check_files(pin, manifest.with_files(_rank_files(manifest, ranks)), checksums=verify)
+                check_segments(pin, manifest, ranks)
+
+            schedule = Schedule.from_manifest(manifest)
+            request = ExecutorRequest(pin.root, manifest, schedule, providers, intra_op_threads, check_ranks, dict(executor_options or {}))
+            return cls(root, manifest, factory(request))
+
+        return load_pinned(root, load_from)
 
     def run(self, feeds: Mapping[str, Any], *, out: Optional[Mapping[str, np.ndarray]] = None) -> dict[str, np.ndarray]:
-        """Runs every rank in this process and returns the outputs (rank 0's) by name.
+        """Runs the engine and returns the outputs by name (rank 0's with the local executor, this
+        process's rank's with the MPI executor).
 
-        The returned arrays belong to the caller: they are fresh copies (or the ``out`` arrays), never
-        buffers a later call overwrites.
+        The returned arrays belong to the caller: distinct from each other and never overwritten by
+        a later call (or the ``out`` arrays).
 
         Args:
             feeds: input name -> array (numpy arrays of the declared dtype, or lists).
             out: optional output name -> preallocated array of the output's exact shape and dtype;
-                those outputs are written there (and returned) instead of into new arrays.
+                those outputs are written there (and returned) instead of into new arrays. On
+                error they are left as they were.
 
         Raises:
             InputError: feeds (or ``out``) do not match the engine's inputs (outputs); checked
@@ -116,17 +162,16 @@ class Engine:
             OutOfRangeIdError: an embedding id lies outside the vocabulary.
             ExecutionError: ONNX Runtime or a collective failed.
         """
-        arrays = validate_feeds(self.inputs, feeds, f"engine '{self.name}'")
+        arrays = self._feeds(feeds)
         if out is not None:
-            unknown = sorted(set(out) - {spec.name for spec in self.outputs})
+            unknown = sorted(set(out) - self._output_names)
             if unknown:
                 raise InputError(f"engine '{self.name}': out names unknown output(s) {unknown}; its outputs are {[s.name for s in self.outputs]}")
-        return self._executor.run_all_ranks(arrays, out)[0]
+        return self._executor.run(arrays, out)
 
     def run_all_ranks(self, feeds: Mapping[str, Any]) -> list[dict[str, np.ndarray]]:
         """Like ``run`` but returns every rank's outputs, in rank order."""
-        arrays = validate_feeds(self.inputs, feeds, f"engine '{self.name}'")
-        return self._executor.run_all_ranks(arrays)
+        return self._executor.run_all_ranks(self._feeds(feeds))
 
     def __repr__(self) -> str:
         ins = ", ".join(str(s) for s in self.inputs)

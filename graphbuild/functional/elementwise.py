@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from graphbuild import dtypes
 from graphbuild.errors import GraphConstructionError
 from graphbuild.functional.attrs import add_op
-from graphbuild.ir.network import as_value
+from graphbuild.ir.network import as_value, is_value_like
 from graphbuild.ir.value import Value
-from graphbuild.tensor import Tensor
+
+if TYPE_CHECKING:
+    from graphbuild.tensor import Tensor
 
 Operand = Any  # a Tensor or a Python/numpy scalar
 
@@ -64,11 +66,11 @@ def operands(op: str, *items: Operand) -> list[Value]:
     Raises:
         GraphConstructionError: no item is a Tensor, or a scalar does not fit the dtype.
     """
-    tensors = [as_value(x) for x in items if isinstance(x, (Tensor, Value))]
+    tensors = [as_value(x) for x in items if is_value_like(x)]
     if not tensors:
         got = ", ".join(type(x).__name__ for x in items)
         raise GraphConstructionError(f"{op}: at least one operand must be a Tensor, got {got}")
-    return [as_value(x) if isinstance(x, (Tensor, Value)) else _scalar_constant(op, x, tensors[0]) for x in items]
+    return [as_value(x) if is_value_like(x) else _scalar_constant(op, x, tensors[0]) for x in items]
 
 
 def _binary(op: str, a: Operand, b: Operand, name: Optional[str]) -> Tensor:

@@ -8,11 +8,13 @@ scalar for one operand, as the arithmetic ops do (``graphbuild.functional.elemen
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from graphbuild.functional.attrs import add_op
 from graphbuild.functional.elementwise import Operand, operands
-from graphbuild.tensor import Tensor
+
+if TYPE_CHECKING:
+    from graphbuild.tensor import Tensor
 
 
 def _unary(op: str, x: Tensor, name: Optional[str]) -> Tensor:

@@ -7,12 +7,14 @@ float32), both in the reference interpreter and in exported engines.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from graphbuild.errors import GraphConstructionError
 from graphbuild.functional.attrs import add_op
 from graphbuild.ir.network import as_value
-from graphbuild.tensor import Tensor
+
+if TYPE_CHECKING:
+    from graphbuild.tensor import Tensor
 
 
 def matmul(a: Tensor, b: Tensor, *, transpose_a: bool = False, transpose_b: bool = False, name: Optional[str] = None) -> Tensor:

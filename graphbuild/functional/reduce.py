@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 
 from graphbuild.functional.attrs import add_op
-from graphbuild.tensor import Tensor
+
+if TYPE_CHECKING:
+    from graphbuild.tensor import Tensor
 
 Axes = Union[None, int, Sequence[int]]
 

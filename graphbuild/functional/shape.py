@@ -8,16 +8,18 @@ How symbolic dims flow through each op (reshape's ``-1``, derived names such as
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import numpy as np
 
 from graphbuild.errors import GraphConstructionError
 from graphbuild.functional.attrs import add_op
-from graphbuild.ir.network import as_value
+from graphbuild.ir.network import as_value, is_value_like
 from graphbuild.ir.value import Dim
 from graphbuild.ops.common import INT64_MAX, INT64_MIN
-from graphbuild.tensor import Tensor
+
+if TYPE_CHECKING:
+    from graphbuild.tensor import Tensor
 
 
 def reshape(x: Tensor, shape: Sequence[Dim], *, name: Optional[str] = None) -> Tensor:
@@ -48,7 +50,7 @@ def concat(tensors: Sequence[Tensor], axis: int = 0, *, name: Optional[str] = No
     A symbolic extent along ``axis`` gives a derived symbol: ``past`` and ``seq`` make
     ``"past_plus_seq"``.
     """
-    if isinstance(tensors, Tensor) or not tensors:
+    if is_value_like(tensors) or not tensors:
         raise GraphConstructionError(f"concat: expected a non-empty sequence of tensors, got {tensors!r}")
     return add_op("concat", list(tensors), {"axis": axis}, name=name).output.tensor()
 

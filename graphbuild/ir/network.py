@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -21,7 +21,10 @@ from graphbuild.ir.node import Node, user_frame
 from graphbuild.ir.value import Shape, Value
 
 if TYPE_CHECKING:
-    from graphbuild.tensor import Tensor
+    from graphbuild.dtypes import DType
+
+#: An op's shape/dtype rule as the IR calls it: ``(dtype, shape)`` per output of the node.
+TypeRule = Callable[[Node], Sequence[tuple["DType", Shape]]]
 
 _CURRENT: contextvars.ContextVar[Optional["Network"]] = contextvars.ContextVar("graphbuild_network", default=None)
 
@@ -55,6 +58,12 @@ def _check_shape(shape: Iterable[Any], what: str) -> Shape:
                 raise GraphConstructionError(f"{what}: dim {dim} is negative")
             dims.append(int(dim))
     return tuple(dims)
+
+
+def _check_name(name: Any, what: str, network: str) -> None:
+    """Names are non-empty strings (ONNX refuses an empty tensor name)."""
+    if not isinstance(name, str) or not name:
+        raise GraphConstructionError(f"network '{network}': {what} name must be a non-empty string, got {name!r}")
 
 
 class Network:
@@ -131,33 +140,49 @@ class Network:
         return used
 
     # ----------------------------------------------------------------------------- building
-    def add_input(self, name: str, dtype: dtypes.DTypeLike, shape: Sequence[int | str]) -> "Tensor":
+    def add_input(self, name: str, dtype: dtypes.DTypeLike, shape: Sequence[int | str]) -> Any:
         """Declares a graph input; dims are ints or symbolic names such as ``"batch"``.
 
         Raises:
             GraphConstructionError: the name is taken or the shape is malformed.
         """
+        _check_name(name, "input", self.name)
         if name in self.value_names:
             raise GraphConstructionError(f"network '{self.name}': input name '{name}' is already used")
         value = Value(self, self.value_names.claim(name), dtypes.as_dtype(dtype), _check_shape(shape, f"input '{name}'"))
         self.inputs[value.name] = value
         return value.tensor()
 
-    def add_constant(self, array: Any, name: Optional[str] = None, dtype: Optional[dtypes.DTypeLike] = None) -> "Tensor":
+    def add_constant(self, array: Any, name: Optional[str] = None, dtype: Optional[dtypes.DTypeLike] = None) -> Any:
         """Adds a constant (an initializer in ONNX terms) holding a copy-free view of ``array``.
 
         Args:
-            array: array-like; its numpy dtype must be one of graphbuild's dtypes unless ``dtype``
-                is given.
+            array: array-like; a numpy array's dtype must be one of graphbuild's dtypes unless
+                ``dtype`` is given (graphbuild has no float64: a float64 array is refused rather
+                than computed in float32 behind the user's back). Python numbers and lists of them
+                become float32 (floats) or int64 (ints).
             name: a hierarchical name such as ``"wte.weight"``; generated when omitted.
             dtype: converts the array to this dtype first.
+
+        Raises:
+            GraphConstructionError: a float64 numpy array without ``dtype``, a dtype graphbuild
+                does not have, or a bad or taken name.
         """
         data = np.asarray(array)
         if dtype is not None:
             data = data.astype(dtypes.as_dtype(dtype).numpy, copy=False)
         elif data.dtype == np.float64:
+            if isinstance(array, (np.ndarray, np.generic)):
+                what = f"constant '{name}'" if name else "a constant"
+                raise GraphConstructionError(
+                    f"network '{self.name}': {what} is a float64 array of shape {data.shape}; graphbuild computes in "
+                    "float32, float16 or bfloat16 and does not narrow float64 silently: convert it "
+                    "(array.astype(np.float32)) or pass dtype='float32'"
+                )
             data = data.astype(np.float32)
         dt = dtypes.as_dtype(data.dtype)
+        if name is not None:
+            _check_name(name, "constant", self.name)
         if name is not None and name in self.value_names:
             raise GraphConstructionError(f"network '{self.name}': constant name '{name}' is already used")
         vname = self.value_names.claim(name) if name is not None else self.value_names.numbered(self._scoped("const"))
@@ -165,13 +190,15 @@ class Network:
         self.constants[vname] = value
         return value.tensor()
 
-    def mark_output(self, tensor: "Tensor | Value", name: Optional[str] = None) -> None:
+    def mark_output(self, tensor: Any, name: Optional[str] = None) -> None:
         """Makes ``tensor`` a graph output under ``name`` (defaults to the value's name)."""
         value = as_value(tensor)
         if value.network is not self:
             raise GraphConstructionError(
                 f"network '{self.name}': cannot mark {value.describe()} as output, it belongs to network '{value.network.name}'"
             )
+        if name is not None:
+            _check_name(name, "output", self.name)
         out_name = name or value.name
         if out_name in self.outputs:
             raise GraphConstructionError(f"network '{self.name}': output name '{out_name}' is already used")
@@ -185,43 +212,46 @@ class Network:
         inputs: Sequence[Optional[Value]],
         attrs: Optional[dict[str, Any]] = None,
         *,
+        infer: TypeRule,
+        domain: str = "",
         name: Optional[str] = None,
         index: Optional[int] = None,
         origin: Optional[tuple[str, int, str]] = None,
     ) -> Node:
-        """Creates a node of registered op ``op`` and its typed outputs.
+        """Creates a node and its typed outputs.
 
-        The op's shape/dtype rule runs at once, so a bad call fails here, at the user's line.
+        The IR does not know ops: ``infer`` (the op's shape/dtype rule, which the op registry
+        supplies; see ``graphbuild.ops.create_node``) runs on the new node at once, so a bad call
+        fails here, at the user's line, before the node joins the network.
 
         Args:
-            op: registry name.
+            op: the op's name.
             inputs: values of this network (``None`` for an omitted optional input).
             attrs: plain-data attributes.
+            infer: ``infer(node) -> [(dtype, shape), ...]``, one entry per output.
+            domain: the op's domain.
             name: requested node name (scoped and made unique).
             index: insert at this position of ``nodes`` instead of appending (passes use this).
             origin: creation site; by default the innermost frame outside graphbuild.
         """
-        from graphbuild.ops.registry import get_op
-
-        opdef = get_op(op)
         for i, value in enumerate(inputs):
             if value is not None and value.network is not self:
                 raise GraphConstructionError(
                     f"{op}: input {i} {value.describe()} belongs to network '{value.network.name}', not '{self.name}'"
                 )
         node_name = self.node_names.claim(self._scoped(name)) if name else self.node_names.numbered(self._scoped(op))
-        node = Node(self, op, opdef.domain, node_name, tuple(inputs), dict(attrs or {}), origin or user_frame())
-        types = opdef.infer_types(node)
+        node = Node(self, op, domain, node_name, tuple(inputs), dict(attrs or {}), origin or user_frame())
+        types = infer(node)
         node.outputs = tuple(
             Value(
                 self,
                 self.value_names.claim(node_name if len(types) == 1 else f"{node_name}:{i}"),
-                t.dtype,
-                t.shape,
+                dtype,
+                shape,
                 producer=node,
                 index=i,
             )
-            for i, t in enumerate(types)
+            for i, (dtype, shape) in enumerate(types)
         )
         node._link_inputs()
         if index is None:
@@ -232,7 +262,24 @@ class Network:
 
     # ----------------------------------------------------------------------------- editing
     def replace_all_uses(self, old: Value, new: Value) -> None:
-        """Redirects every reader of ``old`` (nodes and graph outputs) to ``new``."""
+        """Redirects every reader of ``old`` (nodes and graph outputs) to ``new``.
+
+        Raises:
+            GraphConstructionError: ``new`` belongs to another network, or is computed from
+                ``old`` (the readers of ``old`` on the way to ``new`` would read their own results:
+                a cycle). Nothing is changed then.
+        """
+        if new.network is not self or old.network is not self:
+            other = new if new.network is not self else old
+            raise GraphConstructionError(f"network '{self.name}': cannot replace with {other.describe()}, it belongs to network '{other.network.name}'")
+        path = _dependency_path(new, old)
+        if path is not None:
+            chain = " -> ".join(node.describe() for node in path)
+            raise GraphConstructionError(
+                f"network '{self.name}': replacing {old.describe()} by {new.describe()} would make a cycle: {new.describe()} is "
+                f"computed from {old.describe()} through {chain}; redirect only the readers that are not on that path "
+                f"(node.replace_input(index, value)){path[-1].where()}"
+            )
         for node, index in list(old._uses):
             node.replace_input(index, new)
         for out_name, value in self.outputs.items():
@@ -286,6 +333,12 @@ class Network:
             clone = Value(twin, twin.value_names.claim(value.name), value.dtype, value.shape, const=value.const)
             mapping[id(value)] = twin.constants[value.name] = clone
         for node in self.nodes:
+            missing = [v for v in node.inputs if v is not None and id(v) not in mapping]
+            if missing:
+                raise GraphConstructionError(
+                    f"network '{self.name}': cannot copy {node.describe()}: it reads {missing[0].describe()} before it is defined "
+                    f"(misordered nodes or a cycle; graphbuild.passes.verify_network lists the problems){node.where()}"
+                )
             inputs = tuple(None if v is None else mapping[id(v)] for v in node.inputs)
             clone_node = Node(twin, node.op, node.domain, twin.node_names.claim(node.name), inputs, dict(node.attrs), node.origin)
             clone_node.meta = dict(node.meta)
@@ -320,10 +373,29 @@ class Network:
         return counts
 
     def to_networkx(self):
-        """This network as a ``networkx.MultiDiGraph`` of values and ops (see ``graphbuild.ir.graph``)."""
+        """This network as a ``networkx.MultiDiGraph`` of values and ops (see ``graphbuild.ir.graph``).
+
+        Every attribute is a string, int, float or bool, so ``networkx.write_graphml`` and
+        ``write_gexf`` write the graph as it is: an op's attributes become ``attr.NAME`` entries
+        (``None`` left out; tuples and other values as text, and so is a name whose values differ
+        in type between nodes), and a graph output's names one comma-separated ``outputs`` string.
+        """
         from graphbuild.ir.graph import to_networkx
 
-        return to_networkx(self)
+        graph = to_networkx(self)
+        types: dict[str, set[type]] = {}
+        for _, data in graph.nodes(data=True):
+            for key, value in data.pop("attrs", {}).items():
+                if value is not None:
+                    data[f"attr.{key}"] = value if isinstance(value, (bool, int, float, str)) else str(list(value) if isinstance(value, tuple) else value)
+                    types.setdefault(f"attr.{key}", set()).add(type(data[f"attr.{key}"]))
+            if "outputs" in data:
+                data["outputs"] = ",".join(data["outputs"])
+        mixed = {key for key, kinds in types.items() if len(kinds) > 1}
+        for _, data in graph.nodes(data=True):
+            for key in mixed & data.keys():
+                data[key] = str(data[key])
+        return graph
 
     def __repr__(self) -> str:
         return (
@@ -337,14 +409,45 @@ class Network:
         return format_network(self)
 
 
-def as_value(x: Any) -> Value:
-    """The IR value behind a ``Tensor`` (or a ``Value`` itself)."""
-    from graphbuild.tensor import Tensor
+def _dependency_path(value: Value, ancestor: Value) -> Optional[list[Node]]:
+    """The nodes through which ``value`` is computed from ``ancestor`` (first reader of ``ancestor``
+    first), or None when it is not."""
+    if value is ancestor:
+        return None
+    came_from: dict[int, Optional[Node]] = {}
+    todo: list[tuple[Value, Optional[Node]]] = [(value, None)]
+    seen: set[int] = set()
+    while todo:
+        current, reader = todo.pop()
+        producer = current.producer
+        if producer is None or id(producer) in seen:
+            continue
+        seen.add(id(producer))
+        came_from[id(producer)] = reader
+        for source in producer.inputs:
+            if source is ancestor:
+                path = [producer]
+                while came_from[id(path[-1])] is not None:
+                    path.append(came_from[id(path[-1])])
+                return path
+            if source is not None:
+                todo.append((source, producer))
+    return None
 
-    if isinstance(x, Tensor):
-        return x.value
+
+def is_value_like(x: Any) -> bool:
+    """Whether ``as_value`` accepts ``x`` (a ``Value``, or a handle such as a ``Tensor``)."""
+    return isinstance(x, Value) or isinstance(getattr(x, "value", None), Value)
+
+
+def as_value(x: Any) -> Value:
+    """The IR value behind a handle (any object whose ``value`` is a ``Value``, as a ``Tensor``),
+    or a ``Value`` itself."""
     if isinstance(x, Value):
         return x
+    value = getattr(x, "value", None)
+    if isinstance(value, Value):
+        return value
     raise GraphConstructionError(
         f"expected a graphbuild Tensor, got {type(x).__name__}; wrap arrays with gb.constant(...)"
     )

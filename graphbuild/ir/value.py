@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import numpy as np
 
@@ -11,10 +11,19 @@ from graphbuild.dtypes import DType
 if TYPE_CHECKING:
     from graphbuild.ir.network import Network
     from graphbuild.ir.node import Node
-    from graphbuild.tensor import Tensor
 
 Dim = Union[int, str]
 Shape = tuple[Dim, ...]
+
+#: The class of the user's handle on a value (``graphbuild.tensor.Tensor`` registers itself); the
+#: IR only needs something it can call with a ``Value``.
+_HANDLE_TYPE: Optional[Callable[["Value"], Any]] = None
+
+
+def register_handle_type(handle_type: Callable[["Value"], Any]) -> None:
+    """Sets what ``Value.tensor()`` wraps values in (called once by ``graphbuild.tensor``)."""
+    global _HANDLE_TYPE
+    _HANDLE_TYPE = handle_type
 
 
 def format_shape(shape: Shape) -> str:
@@ -56,7 +65,7 @@ class Value:
         self.producer = producer
         self.index = index
         self._uses: list[tuple["Node", int]] = []
-        self._tensor: Optional["Tensor"] = None
+        self._tensor: Any = None
 
     @property
     def rank(self) -> int:
@@ -80,12 +89,13 @@ class Value:
         """True when every dim is a concrete int."""
         return all(isinstance(d, int) for d in self.shape)
 
-    def tensor(self) -> "Tensor":
-        """The user's handle for this value (one per value, so identity comparisons hold)."""
+    def tensor(self) -> Any:
+        """The user's handle for this value, a ``graphbuild.Tensor`` (one per value, so identity
+        comparisons hold)."""
         if self._tensor is None:
-            from graphbuild.tensor import Tensor
-
-            self._tensor = Tensor(self)
+            if _HANDLE_TYPE is None:
+                raise RuntimeError("no tensor handle type is registered; import graphbuild first")
+            self._tensor = _HANDLE_TYPE(self)
         return self._tensor
 
     def describe(self) -> str:

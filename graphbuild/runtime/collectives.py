@@ -6,7 +6,7 @@ reads, so running it as an ONNX model through IO binding keeps the data where it
 with the CUDA provider, in host memory with the CPU provider, with the very same code.
 
 - ``allreduce`` (sum) is a chain of binary ``Add`` nodes in group order, ``((x0 + x1) + x2) + ...``,
-  which rounds exactly like the numpy reference (``combine_allreduce``) does. float16 and bfloat16
+  which rounds exactly like the numpy reference (``schedule.combine_host``) does. float16 and bfloat16
   are added in float32 and rounded back after every step (what numpy and ``ml_dtypes`` do; the CPU
   provider has no bfloat16 ``Add`` and its float16 ``Add`` rounds differently); bool uses ``Or``
   (numpy's sum of bools).
@@ -24,16 +24,12 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from graphbuild import dtypes
-from graphbuild.errors import ExecutionError
-from graphbuild.runtime.ortvalues import allocate, to_ortvalue, write_into
+from graphbuild.runtime.ortvalues import allocate, to_ortvalue
+from graphbuild.runtime.schedule import CollectiveStep, result_shape
 from graphbuild.runtime.session import session_options
 
 _OPSET = 21
 _IR_VERSION = 10
-
-#: Collectives that run as ONNX models here; others fall back to ``HostCollectiveRun``.
-MODELLED_COLLECTIVES = ("allreduce", "allgather")
-
 
 def _model(nodes: list[Any], inputs: list[Any], output: Any, name: str) -> bytes:
     graph = helper.make_graph(nodes, name, inputs, [output])
@@ -103,50 +99,30 @@ class SessionCache:
         return session
 
 
-def gathered_shape(what: str, shapes: Sequence[tuple[int, ...]], axis: int, sizes: Optional[Sequence[int]]) -> tuple[int, ...]:
-    """The allgather result's shape, after checking the ranks' shapes fit together.
-
-    Raises:
-        ExecutionError: naming the collective and what each rank contributed.
-    """
-    if sizes is not None and [s[axis] for s in shapes] != list(sizes):
-        raise ExecutionError(f"{what}: ranks contributed sizes {[s[axis] for s in shapes]} along axis {axis}, expected {list(sizes)}")
-    others = {s[:axis] + s[axis + 1 :] for s in shapes}
-    if len(others) != 1:
-        raise ExecutionError(f"{what}: ranks contributed incompatible shapes {list(shapes)} (they may differ only along axis {axis})")
-    first = shapes[0]
-    return first[:axis] + (sum(s[axis] for s in shapes),) + first[axis + 1 :]
-
-
 class CollectiveRun:
     """One collective of a plan: its session, its IO binding and its output buffer, bound once.
 
     Args:
-        spec: the collective as the manifest records it (``op``, ``attrs``, ``describe()``).
+        spec: the collective (one rank's step; every rank's agrees on op, group, axis, sizes).
         inputs: each rank's input tensor, in group order.
         sessions: the engine's helper sessions.
         device: where the result lives (``"cpu"`` or ``"cuda"``).
+
+    Raises:
+        ExecutionError: the ranks' shapes do not fit (naming the collective).
     """
 
-    def __init__(self, spec: Any, inputs: Sequence[ort.OrtValue], sessions: SessionCache, device: str) -> None:
+    def __init__(self, spec: CollectiveStep, inputs: Sequence[ort.OrtValue], sessions: SessionCache, device: str) -> None:
         self.spec = spec
         self.inputs = list(inputs)
         shapes = [tuple(v.shape()) for v in inputs]
         dtype = dtypes.from_onnx(inputs[0].element_type())
         rank = len(shapes[0])
-        what = spec.describe()
+        shape = result_shape(spec, shapes)
         if spec.op == "allreduce":
-            if len(set(shapes)) != 1:
-                raise ExecutionError(f"{what}: ranks contributed different shapes {sorted(set(shapes))}")
-            model, shape = allreduce_model(dtype, len(inputs), rank), shapes[0]
-        elif spec.op == "allgather":
-            if rank == 0:
-                raise ExecutionError(f"{what}: cannot gather 0-d tensors")
-            axis = spec.attrs.get("axis", -1) % rank
-            shape = gathered_shape(what, shapes, axis, spec.attrs.get("sizes"))
-            model = allgather_model(dtype, len(inputs), rank, axis)
+            model = allreduce_model(dtype, len(inputs), rank)
         else:
-            raise ExecutionError(f"{what}: the in-process executor does not implement collective '{spec.op}'")
+            model = allgather_model(dtype, len(inputs), rank, spec.axis % rank)
         self.output = allocate(shape, dtype, device)
         self.session = sessions.get(model)
         self.binding = self.session.io_binding()
@@ -156,40 +132,6 @@ class CollectiveRun:
 
     def run(self) -> None:
         self.session.run_with_iobinding(self.binding)
-
-
-class HostCollectiveRun:
-    """A collective without an ONNX model here, done by its registry ``combine`` on host copies.
-
-    The fallback for collectives other than ``allreduce`` and ``allgather``: the inputs are copied
-    to the host, combined with numpy, and the result copied into an engine-owned buffer on
-    ``device`` (the same semantics as the reference interpreter, at the cost of the copies).
-    """
-
-    def __init__(self, spec: Any, inputs: Sequence[ort.OrtValue], sessions: SessionCache, device: str) -> None:
-        from graphbuild.ops.registry import get_op
-
-        self.spec = spec
-        self.inputs = list(inputs)
-        self._combine = get_op(spec.op).combine
-        self._readers = [HostCopy(value, sessions) for value in inputs]
-        result = self._compute()
-        self.output = allocate(result.shape, dtypes.as_dtype(result.dtype), device)
-        self._store(result)
-
-    def _compute(self) -> np.ndarray:
-        if self._combine is None:
-            raise ExecutionError(f"{self.spec.describe()}: the op registry gives no combine rule for this collective")
-        return np.ascontiguousarray(self._combine(self.spec, [reader.run() for reader in self._readers], None))
-
-    def _store(self, result: np.ndarray) -> None:
-        write_into(self.output, result)
-
-    def run(self) -> None:
-        result = self._compute()
-        if tuple(result.shape) != tuple(self.output.shape()):
-            raise ExecutionError(f"{self.spec.describe()}: result shape {result.shape} differs from {tuple(self.output.shape())} for the same input shapes")
-        self._store(result)
 
 
 class HostCopy:

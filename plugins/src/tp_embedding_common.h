@@ -106,7 +106,8 @@ int64_t FindFirstOutOfRange(const void* ids, ort::ElementType id_type, int64_t n
 int64_t ReadId(const void* ids, ort::ElementType id_type, int64_t position) noexcept;
 
 // INVALID_ARGUMENT: "TPEmbedding '<node>': id <id> at flat position <p> is outside the vocabulary
-// [0, <vocab_size>)". The Python runtime parses this text; keep it exact.
+// [0, <vocab_size>)". graphbuild/plugin.py (format_out_of_range, parse_out_of_range) holds
+// the same wording and parses it; tests/runtime checks the two agree.
 OrtStatus* OutOfRangeStatus(const ort::Api& api, const TPEmbeddingConfig& config, int64_t id,
                             int64_t position);
 

@@ -1,4 +1,5 @@
-"""Loading the example scripts (and the numpy references beside these tests) as modules."""
+"""Loading the example scripts (and the numpy references beside these tests) as modules, and the
+documented sessions of the examples (``tests/docs/doc_blocks.py``) for the tests that mirror them."""
 
 from __future__ import annotations
 
@@ -32,3 +33,9 @@ def load_script() -> Iterator[Callable[[Path], object]]:
     yield load
     for name in names:
         sys.modules.pop(name, None)
+
+
+@pytest.fixture(scope="session")
+def doc_blocks(load_script) -> object:
+    """``tests/docs/doc_blocks.py``: ``doc_blocks.find_session(page, command)`` and ``doc_blocks.mismatch``."""
+    return load_script(ROOT / "tests" / "docs" / "doc_blocks.py")

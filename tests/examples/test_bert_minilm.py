@@ -35,6 +35,16 @@ def expected(example, load_script):
     return numpy_bert.sentence_embeddings(weights, feeds["input_ids"], feeds["attention_mask"], feeds["token_type_ids"], num_heads=12)
 
 
+def test_main_prints_the_documented_session(example, doc_blocks, cache_dir, capsys):
+    """Mirrors the session of docs/examples.md, '$ .venv/bin/python examples/bert_minilm.py': the
+    default sentences at tp_size 1 to 4 (engines built into this module's cache, which the tests
+    below reuse) print the documented lines."""
+    documented = doc_blocks.find_session("docs/examples.md", ".venv/bin/python examples/bert_minilm.py")
+    assert example.main(["--cache-dir", str(cache_dir), "--rebuild"]) == 0
+    problem = doc_blocks.mismatch(documented.expected, capsys.readouterr().out)
+    assert not problem, problem
+
+
 def test_tokenize_pads_to_the_longest_sentence(example):
     feeds = example.tokenize(["hello world", "a much longer sentence than the first one"])
     ids, mask = feeds["input_ids"], feeds["attention_mask"]

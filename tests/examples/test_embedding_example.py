@@ -47,7 +47,7 @@ def test_every_configuration_matches_numpy(example, tp_size, sharding_dim, use_p
     net = example.make_network(tp_size=tp_size, sharding_dim=sharding_dim, vocab_size=VOCAB, hidden_size=HIDDEN, seed=3)
     engine = gb.build(net, tmp_path / "engine", use_plugin=use_plugin, verify_each_pass=True)
     assert engine.tp_size == tp_size
-    assert bool(engine.manifest["custom_ops"]) == use_plugin
+    assert bool(engine.manifest.custom_ops) == use_plugin
     table = _table(3)
     seed_ids = np.array([[1, 2, 3]], dtype=np.int64)
     out = engine.run({"input_ids": seed_ids})["embeddings"]

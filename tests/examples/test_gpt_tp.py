@@ -84,3 +84,12 @@ def test_main_generates_the_same_tokens(example, config, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "tp_size 2:" in out and "OK: the same tokens at every tp_size" in out
     assert (tmp_path / "o" / "gpt_random.safetensors").is_file()
+
+
+def test_main_prints_the_documented_session(example, doc_blocks, capsys):
+    """Mirrors the session of docs/examples.md, '$ .venv/bin/python examples/gpt_tp.py': the default
+    config at tp_size 1, 2 and 4 prints the documented lines, generated tokens included."""
+    documented = doc_blocks.find_session("docs/examples.md", ".venv/bin/python examples/gpt_tp.py")
+    assert example.main([]) == 0
+    problem = doc_blocks.mismatch(documented.expected, capsys.readouterr().out)
+    assert not problem, problem

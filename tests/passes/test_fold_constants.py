@@ -9,7 +9,7 @@ import graphbuild as gb
 from graphbuild import functional as F
 from graphbuild import reference
 from graphbuild.errors import ShapeInferenceError
-from graphbuild.ops.registry import OpDef, TensorType, register
+from graphbuild.ops.registry import OpDef, TensorType, create_node, register
 from graphbuild.passes import ConstantFoldingPass, verify_network
 
 
@@ -121,7 +121,7 @@ def test_an_evaluator_that_disagrees_with_its_shape_rule_is_reported(rng):
     net = gb.Network("bad")
     with net:
         c = gb.constant(rng.standard_normal(3).astype(np.float32), name="c")
-        out = net.add_node("test_fold_bad_evaluator", [c.value], name="bad").output
+        out = create_node(net, "test_fold_bad_evaluator", [c.value], name="bad").output
         net.mark_output(out, "out")
     with pytest.raises(ShapeInferenceError, match=r"test_fold_bad_evaluator 'bad': the evaluator returned float64\(3,\) for 'bad' float32\(3,\)"):
         ConstantFoldingPass()(net)

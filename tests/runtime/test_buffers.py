@@ -12,9 +12,10 @@ import pytest
 import graphbuild as gb
 from graphbuild import dtypes
 from graphbuild import functional as F
-from graphbuild.runtime.collectives import CollectiveRun, HostCollectiveRun, HostCopy, SessionCache
-from graphbuild.runtime import executor
-from graphbuild.runtime.executor import CollectiveSpec, SegmentRun
+from graphbuild.runtime.collectives import CollectiveRun, HostCopy, SessionCache
+from graphbuild.runtime import plan as plan_module
+from graphbuild.runtime.plan import SegmentRun
+from graphbuild.runtime.schedule import CollectiveStep, combine_host
 from graphbuild.runtime.ortvalues import allocate, host_view
 
 CPU = ["CPUExecutionProvider"]
@@ -105,8 +106,8 @@ def test_many_segments_match_the_reference(tmp_path, rng):
             x = F.relu(x + F.embedding(ids_b, table, tp_size=2, sharding_dim=b % 2)) * 0.5
         net.mark_output(x, "y")
     engine = gb.build(net, tmp_path / "stack", providers=CPU)
-    steps = engine.manifest["ranks"][0]["steps"]
-    assert [s["kind"] for s in steps] == ["segment", "collective"] * 3 + ["segment"]
+    steps = engine.manifest.ranks[0].steps
+    assert [s.kind for s in steps] == ["segment", "collective"] * 3 + ["segment"]
     for _ in range(2):
         feeds = {"ids": rng.integers(0, 11, size=4), "x": rng.standard_normal((4, 6)).astype(np.float32)}
         np.testing.assert_allclose(engine.run(feeds)["y"], gb.reference.run(net, feeds)["y"], rtol=1e-6)
@@ -146,7 +147,7 @@ def test_allreduce_model_sums_in_rank_order_like_numpy(rng, dtype):
     expected = arrays[0].copy()
     for array in arrays[1:]:
         expected = (expected + array).astype(dtype)  # numpy rounds after every addition
-    spec = CollectiveSpec("allreduce", "ar", {"group": [0, 1, 2]}, "x", "y", None)
+    spec = CollectiveStep("allreduce", "ar", 0, (0, 1, 2), "x", "y")
     run = CollectiveRun(spec, _ortvalues(arrays), SessionCache(CPU, 1), "cpu")
     run.run()
     result = host_view(run.output)
@@ -156,11 +157,11 @@ def test_allreduce_model_sums_in_rank_order_like_numpy(rng, dtype):
 
 def test_allgather_model_concatenates_uneven_parts(rng):
     arrays = [rng.standard_normal((2, 3, width)).astype(np.float16) for width in (3, 2, 2)]
-    spec = CollectiveSpec("allgather", "ag", {"group": [0, 1, 2], "axis": -1, "sizes": [3, 2, 2]}, "x", "y", None)
+    spec = CollectiveStep("allgather", "ag", 0, (0, 1, 2), "x", "y", axis=-1, sizes=(3, 2, 2))
     run = CollectiveRun(spec, _ortvalues(arrays), SessionCache(CPU, 1), "cpu")
     run.run()
     np.testing.assert_array_equal(host_view(run.output), np.concatenate(arrays, axis=-1))
-    bad = CollectiveSpec("allgather", "ag", {"group": [0, 1, 2], "axis": -1, "sizes": [2, 2, 3]}, "x", "y", None)
+    bad = CollectiveStep("allgather", "ag", 0, (0, 1, 2), "x", "y", axis=-1, sizes=(2, 2, 3))
     with pytest.raises(gb.ExecutionError, match=r"allgather 'ag': ranks contributed sizes \[3, 2, 2\] along axis 2, expected \[2, 2, 3\]"):
         CollectiveRun(bad, _ortvalues(arrays), SessionCache(CPU, 1), "cpu")
 
@@ -191,26 +192,30 @@ def test_segment_runs_bind_device_buffers_once(tmp_path, rng):
     assert isinstance(collectives[0].session, ort.InferenceSession)
 
 
-@pytest.mark.parametrize("op,attrs,reference", [
-    ("allreduce", {"group": [0, 1, 2]}, lambda a: (a[0] + a[1]) + a[2]),
-    ("allgather", {"group": [0, 1, 2], "axis": 0}, lambda a: np.concatenate(a, axis=0)),
-])
-def test_host_fallback_collective_uses_the_registry_combine(rng, op, attrs, reference):
-    arrays = [rng.standard_normal((2, 3)).astype(ml_dtypes.bfloat16) for _ in range(3)]
-    values = _ortvalues(arrays)
-    run = HostCollectiveRun(CollectiveSpec(op, "c", attrs, "x", "y", None), values, SessionCache(CPU, 1), "cpu")
-    np.testing.assert_array_equal(host_view(run.output).view(np.uint16), reference(arrays).astype(ml_dtypes.bfloat16).view(np.uint16))
-    fresh = [(rng.standard_normal((2, 3))).astype(ml_dtypes.bfloat16) for _ in range(3)]
-    for value, array in zip(values, fresh):
-        value.update_inplace(array.view(np.uint16))
-    run.run()
-    np.testing.assert_array_equal(host_view(run.output).view(np.uint16), reference(fresh).astype(ml_dtypes.bfloat16).view(np.uint16))
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, ml_dtypes.bfloat16, np.bool_])
+@pytest.mark.parametrize("op", ["allreduce", "allgather"])
+def test_host_combine_matches_the_collective_models(rng, op, dtype):
+    """The runtime's numpy semantics (for executors that combine on the host) and its ONNX models agree bitwise."""
+    arrays = [(rng.standard_normal((2, 3)) * 50).astype(dtype) for _ in range(3)]
+    step = CollectiveStep(op, "c", 0, (0, 1, 2), "x", "y", axis=0)
+    model = CollectiveRun(step, _ortvalues(arrays), SessionCache(CPU, 1), "cpu")
+    model.run()
+    if op == "allgather":
+        expected = np.concatenate(arrays, axis=0)
+    else:
+        expected = arrays[0]
+        for array in arrays[1:]:
+            expected = (expected | array) if dtype == np.bool_ else (expected.astype(np.float32) + array.astype(np.float32)).astype(dtype)
+    host = combine_host(step, arrays)
+    assert host.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(host.view(np.uint8), expected.view(np.uint8))
+    np.testing.assert_array_equal(host_view(model.output).view(np.uint8), expected.view(np.uint8))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_final_outputs_are_written_straight_into_the_returned_arrays(tmp_path, rng, dtype, monkeypatch):
     """A tp 1 lookup: after the first call the segment writes into the caller's (or a fresh) array."""
-    monkeypatch.setattr(executor, "DIRECT_MIN_BYTES", 0)  # large outputs only, by default
+    monkeypatch.setattr(plan_module, "DIRECT_MIN_BYTES", 0)  # large outputs only, by default
     table = rng.standard_normal((12, 8)).astype(dtypes.as_dtype(dtype).numpy)
     net = gb.Network("direct")
     with net:

@@ -14,7 +14,8 @@ import pytest
 import graphbuild as gb
 from graphbuild import functional as F
 from graphbuild.runtime.collectives import CollectiveRun, SessionCache
-from graphbuild.runtime.executor import CollectiveSpec, SegmentRun
+from graphbuild.runtime.plan import SegmentRun
+from graphbuild.runtime.schedule import CollectiveStep
 from graphbuild.runtime.ortvalues import allocate
 
 CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -75,8 +76,8 @@ def test_device_collectives_match_numpy(rng):
         value.update_inplace(array)
         values.append(value)
     sessions = SessionCache(CUDA, None)
-    reduce = CollectiveRun(CollectiveSpec("allreduce", "ar", {"group": [0, 1, 2, 3]}, "x", "y", None), values, sessions, "cuda")
-    gather = CollectiveRun(CollectiveSpec("allgather", "ag", {"group": [0, 1, 2, 3], "axis": 0}, "x", "y", None), values, sessions, "cuda")
+    reduce = CollectiveRun(CollectiveStep("allreduce", "ar", 0, (0, 1, 2, 3), "x", "y"), values, sessions, "cuda")
+    gather = CollectiveRun(CollectiveStep("allgather", "ag", 1, (0, 1, 2, 3), "x", "y", axis=0), values, sessions, "cuda")
     reduce.run()
     gather.run()
     assert _device(reduce.output) == _device(gather.output) == "cuda"

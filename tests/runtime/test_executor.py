@@ -102,13 +102,13 @@ def test_providers(monkeypatch):
     assert default_providers() == ["CPUExecutionProvider"]
 
 
-def test_unknown_provider_is_an_engine_error(tmp_path, rng):
+def test_unknown_provider_is_a_configuration_error(tmp_path, rng):
     net = gb.Network("p")
     with net:
         ids = net.add_input("ids", "int64", ("n",))
         net.mark_output(F.embedding(ids, gb.constant(rng.standard_normal((3, 2)).astype(np.float32))), "e")
     gb.build(net, tmp_path / "e")
-    with pytest.raises(gb.EngineError, match=r"execution providers \['NoSuchExecutionProvider'\] are not available"):
+    with pytest.raises(gb.ConfigurationError, match=r"providers names 'NoSuchExecutionProvider', which this onnxruntime does not have"):
         gb.Engine.load(tmp_path / "e", providers=["NoSuchExecutionProvider"])
 
 

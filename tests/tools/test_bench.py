@@ -15,13 +15,13 @@ import pytest
 
 from graphbuild import dtypes
 from graphbuild.runtime.session import CUDA, cuda_device_count
-from graphbuild.tools import bench_cmd, bench_paths, bench_report
+from graphbuild.tools import bench_cmd, bench_copy, bench_paths, bench_report
 from graphbuild.tools.cli import main, make_parser
 
 VOCAB, HIDDEN = 300, 64
 TINY = ["--vocab", str(VOCAB), "--hidden", str(HIDDEN), "--repeats", "3", "--warmup", "1"]
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
-CORE_PATHS = {"copy", "numpy_take", "ort_gather", "tp_embedding", "tp_embedding_shard", "engine"}
+CORE_PATHS = {"copy", "numpy_take", "ort_gather", "tp_embedding", "tp_embedding_shard", "engine", "engine_run", "ort_gather_run"}
 
 
 def _run_json(tmp_path: Path, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, dict, str]:
@@ -55,13 +55,24 @@ def test_tiny_run_prints_checked_table_and_json(tmp_path, capsys):
             assert r["vs_gather"] == pytest.approx(gather["ms"] / r["ms"])
             assert r["vs_copy"] == pytest.approx(copy["ms"] / r["ms"])
             assert r["check"] == ("-" if r["path"] == "copy" else "ok")
+        # The ceiling is the fastest of the candidate copies, each timed in the same rounds.
+        assert set(copy["copy_candidates"]) == {"memcpy", "stream", "vector"}
+        assert copy["ms"] == min(copy["copy_candidates"].values()) == copy["copy_candidates"][copy["copy_method"]]
+        assert copy["label"].startswith(f"copy ceiling ({copy['copy_method']}")
+        engine = rows["engine_run"]
+        assert engine["vs_session"] == pytest.approx(rows["ort_gather_run"]["ms"] / engine["ms"])
+        if group[1] <= bench_cmd.PAIRED_MAX_TOKENS:
+            assert engine["paired_calls"] == 3 and engine["vs_session_paired"] > 0 and "overhead_us_paired" in engine
         ours = rows["tp_embedding"]
         alternating = ("vs_gather_paired", "gather_control_paired", "tp_control_paired")
         if group[1] <= bench_cmd.PAIRED_MAX_TOKENS:  # also timed with calls alternating (--repeats of them)
             assert ours["paired_calls"] == 3 and all(0 < ours[key] < 100 for key in alternating)
         else:
             assert not any(key in ours for key in alternating)
-    (target,) = doc["targets"]
+    targets = {t["target"].split(":")[0]: t for t in doc["targets"]}
+    target = targets["1-16 tokens"]
+    assert targets["1/16/4096/16384 tokens"]["total"] == 4  # engine.run at 1 token (40 is not scored)
+    assert targets["1 token"]["maximum"] == bench_report.MAX_ENGINE_OVERHEAD_US and targets["1 token"]["total"] == 4
     spread = bench_report.control_spread(results)
     assert spread is not None and target["control_spread"] == round(spread, 4)
     assert target["minimum"] == max(0.98, math.floor(1000 / (1 + spread)) / 1000)
@@ -70,7 +81,11 @@ def test_tiny_run_prints_checked_table_and_json(tmp_path, capsys):
     assert target["total"] == 4 and target["worst"] == round(min(paired), 3)
     assert target["at_least_1"] == sum(1 for p in paired if p >= 1.0)
     assert "calls alternating (3 each): TPEmbedding vs ORT Gather" in printed and "A/A, second session vs first" in printed
-    assert "TPEmbedding shard 1 of 2" in printed and "vs Gather" in printed and "Kernel targets" in printed
+    assert "TPEmbedding shard 1 of 2" in printed and "vs Gather" in printed and "Targets (CPU" in printed
+    strategy = doc["machine"]["cpu_strategy"]
+    assert strategy["isa"] in ("sse2", "avx", "avx512") and strategy["large"] in ("memcpy", "stream", "lockstep")
+    assert f"CPU kernel: {strategy['cpu']} ({strategy['vendor']}), {strategy['isa']}" in printed
+    assert "engine.run vs ORT Gather session.run: engine.run (tp 1)" in printed
     assert f"vocab {VOCAB} x hidden {HIDDEN}, bfloat16" in printed
 
 
@@ -110,7 +125,7 @@ def test_alternating_ratios_pool_each_ops_sessions_and_compare_its_two_sessions(
 def test_alternating_paths_share_one_output_and_each_looks_up_the_right_rows(rng):
     table = rng.standard_normal((50, 8)).astype(np.float32)
     id_sets = [rng.integers(0, 50, size=3) for _ in range(4)]
-    setup = bench_paths.LookupSetup(table, dtypes.float32, 1, "cpu", engine_dir=None, use_torch=False)
+    setup = bench_paths.LookupSetup(table, dtypes.float32, 1, "cpu", engine_dirs={}, use_torch=False)
     try:
         paths = setup.alternating_paths(id_sets)
         assert [p.key for p in paths] == ["ort_gather", "tp_embedding", "ort_gather_control", "tp_embedding_control"]
@@ -150,6 +165,50 @@ def test_small_token_target_is_scored_on_the_paired_ratio_against_the_a_a_spread
     assert rule["minimum"] == 0.98 and (rule["met"], rule["total"]) == (1, 2)
     text = bench_report.format_targets([rule], "cpu")
     assert "MISSED" in text and "1 at 1.00 or more" not in text and "0 at 1.00 or more" in text
+
+
+def test_tensor_parallel_engines_are_timed_and_reported(tmp_path, capsys):
+    status, doc, printed = _run_json(tmp_path, capsys, "--tokens", "16", "--dtype", "float16", "--threads", "1", "--tp", "1", "2", "--no-torch")
+    assert status == 0 and doc["settings"]["tp"] == [1, 2]
+    rows = {r["path"]: r for r in doc["results"]}
+    assert rows["engine_run_tp2"]["check"] == "ok" and rows["engine_run_tp2"]["label"] == "engine.run (tp 2)"
+    assert rows["engine_run_tp2"]["vs_session"] == pytest.approx(rows["ort_gather_run"]["ms"] / rows["engine_run_tp2"]["ms"])
+    (report,) = [t for t in doc["targets"] if t.get("report")]
+    assert report["total"] == 1 and report["range"][0] == round(rows["engine_run_tp2"]["vs_session"], 3)
+    assert "engine (tp 2) built in" in printed and "  report 1/16/4096/16384 tokens: engine.run at tp 2 and 4" in printed
+
+
+def test_the_ceiling_is_the_fastest_candidate_copy():
+    def row(path, ms, label):
+        return {"path": path, "ms": ms, "label": label}
+
+    group = [row("copy:memcpy", 3.0, "copy, memcpy, 2 threads"), row("copy:stream", 2.0, "copy, streaming stores, 2 threads"), row("copy:vector", 2.5, "copy, ordinary stores, 2 threads"), row("ort_gather", 4.0, "ORT Gather")]
+    best, gather = bench_copy.best_of(group)
+    assert best["path"] == "copy" and best["ms"] == 2.0 and best["copy_method"] == "stream"
+    assert best["label"] == "copy ceiling (stream, 2 threads)" and gather["path"] == "ort_gather"
+    assert best["copy_candidates"] == {"memcpy": 3.0, "stream": 2.0, "vector": 2.5}
+    bench_report.add_ratios([best, gather])
+    assert gather["vs_copy"] == 0.5
+
+
+def test_engine_targets_judge_the_call_users_make_against_a_bare_session():
+    def row(path, tokens, ms, **extra):
+        return {"path": path, "vocab": 100, "dtype": "float32", "tokens": tokens, "threads": 1, "ms": ms, **extra}
+
+    rows = [row("ort_gather_run", 1, 0.006), row("engine_run", 1, 0.010), row("ort_gather_run", 4096, 8.0), row("engine_run", 4096, 7.0), row("engine_run", 256, 99.0), row("engine_run_tp2", 4096, 10.0)]
+    for group in ([r for r in rows if r["tokens"] == t] for t in (1, 4096, 256)):
+        bench_report.add_ratios(group)
+    targets = {t["target"].split(":")[0] + (" report" if t.get("report") else ""): t for t in bench_report.evaluate_targets(rows, "cpu")}
+    ratio = targets["1/16/4096/16384 tokens"]  # 256 tokens is not scored
+    assert (ratio["met"], ratio["total"], ratio["worst"]) == (1, 2, 0.6)
+    overhead = targets["1 token"]  # 10 us against 6 us, without an alternating measurement
+    assert (overhead["met"], overhead["total"], overhead["worst"]) == (1, 1, 4.0)
+    assert targets["1/16/4096/16384 tokens report"]["range"] == [0.8, 0.8]
+    rows[1]["overhead_us_paired"], rows[1]["vs_session_paired"] = 5.5, 0.9  # alternating calls win
+    targets = {t["target"].split(":")[0]: t for t in bench_report.evaluate_targets(rows, "cpu") if not t.get("report")}
+    assert targets["1 token"]["met"] == 0 and targets["1 token"]["worst"] == 5.5
+    assert targets["1/16/4096/16384 tokens"]["worst"] == 0.9
+    assert "MISSED 1 token: engine.run (tp 1) at most 5 us per call more than the bare session.run: 0/1 configurations; worst 5.500 us" in bench_report.format_targets(list(targets.values()), "cpu")
 
 
 def test_correctness_check_compares_with_numpy(rng):
