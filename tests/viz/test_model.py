@@ -174,7 +174,7 @@ def test_gpt_engine_picture(tmp_path):
     nets = gpt_nets(2)
     engine = gb.build(nets, tmp_path / "gpt")
     data = model_of(tmp_path / "gpt")
-    manifest = engine.manifest
+    manifest = engine.manifest.to_json()
     expected = set()
     for r, rank in enumerate(manifest["ranks"]):
         for step in rank["steps"]:
