@@ -27,6 +27,7 @@ from graphbuild import dtypes
 from graphbuild.errors import ExportError, GraphBuildError
 from graphbuild.ir import Network, Node, Value
 from graphbuild.ir.names import Namespace
+from graphbuild.ops.emitter import OpEmitter
 from graphbuild.ops.registry import get_op
 from graphbuild.plugin import DOMAIN, DOMAIN_VERSION
 
@@ -105,6 +106,11 @@ class _Lowering:
         self._added_constants: set[str] = set()
 
     # --- LoweringContext --------------------------------------------------------------------
+    @property
+    def op(self) -> OpEmitter:
+        """``ctx.op.Gather(table, index, axis=0)``: emits one node, returns its output name."""
+        return OpEmitter(self, self._current.name if self._current is not None else "graph")
+
     def name(self, value: Value) -> str:
         if value.is_constant and value.name not in self._added_constants:
             self._added_constants.add(value.name)
@@ -243,9 +249,10 @@ def network_to_model(net: Network, *, use_plugin: bool = False, opset: int = DEF
             cannot be lowered.
     """
     for node in net.nodes:
-        if get_op(node.op).collective:
+        opdef = get_op(node.op)
+        if opdef.collective:
             raise ExportError(f"{node.describe()}: collectives cannot be exported into a single model; use gb.build{node.where()}")
-        if node.op == "embedding":
+        if opdef.logical:
             raise ExportError(f"{node.describe()}: run the partition pass first (graphbuild.passes.partition){node.where()}")
     exported = lower_nodes(net, net.nodes, list(net.inputs.values()), list(net.outputs.items()), use_plugin=use_plugin, opset=opset)
     return exported.model

@@ -4,7 +4,8 @@ Prints the engine's name, format, tp_size, inputs and outputs, a per-rank table 
 collectives, ONNX nodes, weight bytes, graphbuild ops by count), each rank's ordered steps (ranks
 whose steps are the same up to their rank index are listed once), the custom ops it needs, and
 every file with its checksum status. Exits non-zero, naming the bad files, when any file is
-missing, truncated or tampered with. Nothing is loaded into ONNX Runtime. Given one segment
+missing, truncated or tampered with, or naming the field when the manifest is malformed or
+disagrees with its ONNX files. Nothing is loaded into ONNX Runtime. Given one segment
 ``.onnx``, it describes that model instead. ``--viz FILE`` also draws it (see ``graphbuild viz``).
 """
 
@@ -109,7 +110,7 @@ def _same_steps(ranks: Sequence[RankPlan]) -> list[tuple[list[Any], RankPlan]]:
         index = rank.rank
         steps = []
         for step in rank.to_json()["steps"]:
-            step = dict(step, attrs={k: v for k, v in (step.get("attrs") or {}).items() if k != "rank"})
+            step = dict(step, attrs={k: v for k, v in (step.get("attrs") or {}).items() if k not in ("rank", "tp_position")})
             if "file" in step:
                 step["file"] = str(step["file"]).replace(f"rank{index}/", "rank{R}/", 1)
             steps.append(step)
@@ -158,7 +159,9 @@ def describe_segment(path: str) -> str:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from graphbuild.engine import read_manifest, verify_files
+    from graphbuild.engine import PinnedEngineDir, read_manifest, verify_files
+    from graphbuild.engine.consistency import check_segments
+    from graphbuild.errors import EngineError
 
     if args.engine.endswith(".onnx"):
         if args.json:
@@ -166,8 +169,15 @@ def run_inspect(args: argparse.Namespace) -> int:
         print(describe_segment(args.engine))
         _write_picture(args)
         return 0
-    manifest = read_manifest(args.engine)
-    checks = verify_files(args.engine, manifest)
+    with PinnedEngineDir(args.engine) as pin:  # one engine, even if a build replaces it meanwhile
+        manifest = read_manifest(pin)
+        checks = verify_files(pin, manifest)
+        mismatch = None
+        if all(state == "ok" for _, state in checks):
+            try:
+                check_segments(pin, manifest)
+            except EngineError as exc:
+                mismatch = str(exc)
     if args.json:
         report = {"path": args.engine, "manifest": manifest.to_json(), "files": {rel: state for rel, state in checks}}
         print(json.dumps(report, indent=2))
@@ -177,6 +187,8 @@ def run_inspect(args: argparse.Namespace) -> int:
     bad = [f"{rel} ({state})" for rel, state in checks if state != "ok"]
     if bad:
         raise CLIError(f"engine '{args.engine}' failed verification: {', '.join(bad)}; rebuild it")
+    if mismatch:
+        raise CLIError(mismatch)
     return 0
 
 

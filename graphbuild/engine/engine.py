@@ -133,7 +133,7 @@ class Engine:
 
             def check_ranks(ranks: Sequence[int]) -> None:
                 check_files(pin, manifest.with_files(_rank_files(manifest, ranks)), checksums=verify)
-                check_segments(pin, manifest)
+                check_segments(pin, manifest, ranks)
 
             schedule = Schedule.from_manifest(manifest)
             request = ExecutorRequest(pin.root, manifest, schedule, providers, intra_op_threads, check_ranks, dict(executor_options or {}))
