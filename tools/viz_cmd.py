@@ -39,6 +39,7 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser.add_argument("--screenshot", metavar="PNG", help="also write a PNG of the HTML picture as headless Chromium draws it")
     parser.add_argument("--screenshot-size", default="1600x1000", metavar="WxH", help="the screenshot's size in pixels (default 1600x1000)")
     parser.add_argument("--fit", action="store_true", help="screenshot the whole network (default: the top, at full width)")
+    parser.add_argument("--select", metavar="NODE", help="open this node's details panel in the screenshot (a node name or id)")
     parser.set_defaults(handler=run_viz)
 
 
@@ -50,16 +51,18 @@ def _target(args: argparse.Namespace) -> Any:
         if not os.path.exists(args.target):
             raise CLIError(f"'{args.target}' does not exist")
         return args.target
-    from graphbuild.tools.loader import as_networks, call_with_kwargs, describe_signature, loaded_function, parse_settings
+    from graphbuild.tools.loader import as_networks, call_with_kwargs, convert_settings, describe_signature, loaded_function, parse_settings
 
-    kwargs = parse_settings(args.settings)
+    settings = parse_settings(args.settings)
     if args.tp_size is not None:
         if args.tp_size < 1:
             raise CLIError(f"--tp-size must be at least 1, got {args.tp_size}")
-        if "tp_size" in kwargs:
+        if "tp_size" in settings:
             raise CLIError("tp_size is given both with --tp-size and --set; use one")
-        kwargs["tp_size"] = args.tp_size
     with loaded_function(args.target) as func:
+        kwargs = convert_settings(func, settings)  # typed by the function's annotations, as for build
+        if args.tp_size is not None:
+            kwargs["tp_size"] = args.tp_size
         return as_networks(call_with_kwargs(func, kwargs), f"{args.target} ({describe_signature(func)})")
 
 
@@ -76,12 +79,14 @@ def run_viz(args: argparse.Namespace) -> int:
     fmt = format_for(args.output, args.format)
     if args.screenshot and fmt != "html":
         raise CLIError("--screenshot draws the HTML picture; write it to a .html file (or --format html)")
+    if (args.fit or args.select) and not args.screenshot:
+        raise CLIError("--fit and --select shape the screenshot; add --screenshot PNG")
     size = _size(args.screenshot_size) if args.screenshot else None
     path = visualize(_target(args), args.output, fmt, logical=args.logical)
     print(f"wrote {path} ({fmt}, {path.stat().st_size} bytes)")
     if args.screenshot and size:
         from graphbuild.viz.browser import screenshot
 
-        png = screenshot(path, args.screenshot, width=size[0], height=size[1], fit_all=args.fit)
+        png = screenshot(path, args.screenshot, width=size[0], height=size[1], fit_all=args.fit, select=args.select)
         print(f"wrote {png} (headless Chromium, {size[0]}x{size[1]})")
     return 0

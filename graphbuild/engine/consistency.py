@@ -19,7 +19,7 @@ step and tensor.
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import onnx
 
@@ -30,6 +30,7 @@ from graphbuild.errors import EngineError
 #: (elem_type, dims or None when unknown); a dim is an int, a symbol name, or None.
 TensorType = tuple[int, Optional[tuple[object, ...]]]
 _STANDARD_DOMAINS = ("", "ai.onnx")
+_UNKNOWN: TensorType = (0, None)
 
 
 def load_segment(pin: PinnedEngineDir, relpath: str) -> onnx.ModelProto:
@@ -88,7 +89,7 @@ def _spec_type(spec: TensorSpec) -> TensorType:
 
 
 def _compatible(a: TensorType, b: TensorType) -> bool:
-    if a[0] != b[0]:
+    if a[0] and b[0] and a[0] != b[0]:
         return False
     if a[1] is None or b[1] is None:
         return True
@@ -106,8 +107,10 @@ def _show(kind: TensorType) -> str:
 def _collective_type(step: CollectiveStep, kinds: list[TensorType]) -> TensorType:
     """The result of ``step`` given its group members' inputs (in group order)."""
     first = kinds[0]
-    if step.op == "allreduce" or any(kind[1] is None for kind in kinds):
-        return first
+    if step.op == "allreduce":
+        return next((kind for kind in kinds if kind != _UNKNOWN), _UNKNOWN)
+    if any(kind[1] is None for kind in kinds):
+        return first[0], None
     dims = list(first[1])
     if not -len(dims) <= step.axis < len(dims):
         raise EngineError(f"{step.describe()}: gathers axis {step.axis} of a rank-{len(dims)} tensor")
@@ -117,11 +120,13 @@ def _collective_type(step: CollectiveStep, kinds: list[TensorType]) -> TensorTyp
     return first[0], tuple(dims)
 
 
-def check_segments(pin: PinnedEngineDir, manifest: Manifest) -> None:
-    """Checks every rank's segments against the manifest (see the module docstring).
+def check_segments(pin: PinnedEngineDir, manifest: Manifest, ranks: Optional[Sequence[int]] = None) -> None:
+    """Checks the segments of ``ranks`` (default: every rank) against the manifest (see the module docstring).
 
     Ranks are walked in lockstep (their schedules match), so an all-gather's result is known from
-    what every member of its group contributes, uneven shards included.
+    what every member of its group contributes, uneven shards included. The files of ranks not
+    asked for are not opened (an MPI process reads only its own); what they contribute to a
+    collective counts as unknown.
 
     Raises:
         EngineError: naming the file, rank, step and tensor that disagree.
@@ -130,13 +135,16 @@ def check_segments(pin: PinnedEngineDir, manifest: Manifest) -> None:
     source = pin.describe("config.json")
     types: list[dict[str, TensorType]] = [{spec.name: _spec_type(spec) for spec in manifest.inputs} for _ in manifest.ranks]
     position_of = {rank: position for position, rank in enumerate(manifest.tp_group)}
+    wanted = set(range(len(manifest.ranks)) if ranks is None else ranks)
     for index in range(len(manifest.ranks[0].steps)):
         results = []
         for plan in manifest.ranks:
             step = plan.steps[index]
             if isinstance(step, CollectiveStep):
-                members = [types[position_of[rank]][manifest.ranks[position_of[rank]].steps[index].input] for rank in step.group]
+                members = [types[position_of[rank]].get(manifest.ranks[position_of[rank]].steps[index].input, _UNKNOWN) for rank in step.group]
                 results.append((plan.rank, step.output, _collective_type(step, members)))
+                continue
+            if plan.rank not in wanted:
                 continue
             model = load_segment(pin, step.file)
             check_external_data(pin, manifest, step.file, model)
@@ -145,7 +153,8 @@ def check_segments(pin: PinnedEngineDir, manifest: Manifest) -> None:
         for rank, name, kind in results:
             types[rank][name] = kind
     for plan in manifest.ranks:
-        _check_outputs(source, manifest, plan, types[plan.rank])
+        if plan.rank in wanted:
+            _check_outputs(source, manifest, plan, types[plan.rank])
 
 
 def _check_outputs(source: object, manifest: Manifest, plan: RankPlan, types: dict[str, TensorType]) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator, Optional, TypeVar, Union
 
 from graphbuild.engine.manifest import MANIFEST, Manifest
-from graphbuild.errors import EngineError
+from graphbuild.errors import EngineError, GraphBuildError
 
 _HASH_CHUNK = 1 << 22
 #: A manifest larger than this is refused before it is parsed.
@@ -297,8 +297,11 @@ def load_pinned(path: Union[str, Path], load: Callable[[PinnedEngineDir], _T], *
         with PinnedEngineDir(path) as pin:
             try:
                 return load(pin)
-            except EngineError as exc:
-                if not pin.replaced():
+            except GraphBuildError as exc:
+                pinned_root = str(pin.root)
+                if pinned_root != str(pin.path) and exc.args and isinstance(exc.args[0], str):
+                    exc.args = (exc.args[0].replace(pinned_root, str(pin.path)), *exc.args[1:])  # name the user's path
+                if not isinstance(exc, EngineError) or not pin.replaced():
                     raise
                 if attempt + 1 == attempts:
                     raise EngineReplacedError(pin.path) from exc

@@ -10,11 +10,14 @@ folder. Leftovers of other hosts, or of writers still running, are left alone.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 from pathlib import Path
 from typing import Optional
+
+from graphbuild.engine.renames import rename_noreplace
 
 BUILDING = "building"
 REPLACED = "replaced"
@@ -67,11 +70,9 @@ def clean_leftovers(target: Path) -> None:
     """Recovers an engine a killed replace left aside, then removes stale leftovers (best effort)."""
     for folder in stale_leftovers(target, REPLACED):
         old = folder / target.name
-        try:
-            if not os.path.lexists(target) and old.is_dir():
-                os.rename(old, target)
-        except OSError:
-            pass
+        if old.is_dir():
+            with contextlib.suppress(OSError):
+                rename_noreplace(old, target)
         shutil.rmtree(folder, ignore_errors=True)
     for folder in stale_leftovers(target, BUILDING):
         shutil.rmtree(folder, ignore_errors=True)

@@ -69,7 +69,7 @@ def _abort_with(mpi: Any, rank: int, exc: BaseException, args: argparse.Namespac
     message = " ".join(str(exc).split()) or type(exc).__name__
     if not isinstance(exc, GraphBuildError):
         message = f"unexpected {type(exc).__name__}: {message}"
-    print(f"graphbuild: error: rank {rank}: {message} (aborting the MPI job)", file=sys.stderr, flush=True)
+    sys.stderr.write(f"graphbuild: error: rank {rank}: {message} (aborting the MPI job)\n")  # one write: ranks share stderr
     abort(mpi, 1)
 
 
@@ -97,6 +97,8 @@ def _run(args: argparse.Namespace, mpi: Any, read_inputs: Callable[..., dict[str
     ran = time.perf_counter()
     if executor.rank == 0 and mpi.COMM_WORLD.Get_rank() == 0:
         replicas = f", {args.replicas} replicas" if args.replicas > 1 else ""
-        timing = f"engine '{engine.name}' (tp_size {engine.tp_size}, {executor.comm.Get_size()} MPI processes{replicas}): load {1000 * (loaded - start):.0f} ms, run {1000 * (ran - begin):.1f} ms"
+        size = executor.comm.Get_size()
+        processes = f"{size} MPI process{'es' if size > 1 else ''}"
+        timing = f"engine '{engine.name}' (tp_size {engine.tp_size}, {processes}{replicas}): load {1000 * (loaded - start):.0f} ms, run {1000 * (ran - begin):.1f} ms"
         report(engine, sections, timing, Path(args.output) if args.output else None)
     return 0

@@ -142,13 +142,19 @@ def agree(comm: Any, error: Optional[BaseException], watchdog: "Watchdog", what:
     mine = None if error is None else ("PeerFailed", "") if isinstance(error, PeerFailed) else describe_error(error)
     with watchdog.waiting(what):
         outcomes = comm.allgather(mine)
+    raise_first_failure(outcomes)
+    if any(outcome is not None for outcome in outcomes):
+        raise MPIError(f"{what}: a rank stopped without reporting why")
+
+
+def raise_first_failure(outcomes: Sequence[Optional[tuple[str, str]]]) -> None:
+    """Raises the lowest rank's ``(class name, message)`` outcome (``PeerFailed`` ones aside), with
+    a ``rank R: `` prefix unless every rank reported that same message; returns if none failed."""
     failed = [(rank, outcome) for rank, outcome in enumerate(outcomes) if outcome is not None and outcome[0] != "PeerFailed"]
     if not failed:
-        if any(outcome is not None for outcome in outcomes):
-            raise MPIError(f"{what}: a rank stopped without reporting why")
         return
     rank, (name, message) = failed[0]
-    same = len(failed) == comm.Get_size() and len({outcome[1] for _, outcome in failed}) == 1
+    same = len(failed) == len(outcomes) and len({outcome[1] for _, outcome in failed}) == 1
     if not same and not message.startswith(f"rank {rank}"):
         message = f"rank {rank}: {message}"
     raise rebuild_error(name, message)
@@ -203,11 +209,9 @@ class Watchdog:
                 current = self._open
             if current is not None and time.monotonic() > current[1]:
                 what = current[0]
-                print(
+                sys.stderr.write(  # one write: the ranks share stderr
                     f"graphbuild: error: rank {self.rank}: {what} waited more than {self.timeout:g} s for the other ranks "
-                    f"(GRAPHBUILD_MPI_TIMEOUT); aborting the job",
-                    file=sys.stderr,
-                    flush=True,
+                    f"(GRAPHBUILD_MPI_TIMEOUT); aborting the job\n"
                 )
                 abort(self.mpi, 1)
 

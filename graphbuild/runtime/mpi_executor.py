@@ -40,9 +40,9 @@ from graphbuild.engine.manifest import TensorSpec
 from graphbuild.errors import EngineError
 from graphbuild.runtime.collectives import SessionCache
 from graphbuild.runtime.feeds import validate_feeds
-from graphbuild.runtime.mpi_env import MPIError, Watchdog, agree, describe_error, import_mpi, raised_everywhere, rebuild_error, signatures_differ
+from graphbuild.runtime.mpi_env import MPIError, Watchdog, agree, describe_error, import_mpi, launched_by_mpi, raise_first_failure, raised_everywhere, signatures_differ
 from graphbuild.runtime.mpi_plan import GroupComm, RankPlan
-from graphbuild.runtime.nccl_collectives import import_nccl, nccl_communicator
+from graphbuild.runtime.nccl_collectives import import_nccl, nccl_communicator, usable_nccl
 from graphbuild.runtime.ortvalues import device_of
 from graphbuild.runtime.protocol import ExecutorRequest
 from graphbuild.runtime.schedule import CollectiveStep, Schedule
@@ -78,10 +78,8 @@ def engine_communicator(mpi: Any, schedule: Schedule, manifest: Any, *, comm: An
         return world.Create_group(world.Get_group().Incl(ranks), tag=7411)
     if replicas < 1 or world.Get_size() != size * replicas:
         copies = f" x {replicas} replicas" if replicas != 1 else ""
-        raise raised_everywhere(MPIError(
-            f"{where}: mpiexec started {world.Get_size()} processes but the engine has {size} ranks{copies}; "
-            f"run it with mpiexec -n {size * max(replicas, 1)}"
-        ))
+        started = f"mpiexec started {world.Get_size()} processes" if launched_by_mpi() else "this process was not started by mpiexec"
+        raise raised_everywhere(MPIError(f"{where}: {started} but the engine has {size} ranks{copies}; run it with mpiexec -n {size * max(replicas, 1)}"))
     if replicas == 1:
         return world.Dup()
     return world.Split(color=world.Get_rank() // size, key=world.Get_rank() % size)
@@ -117,7 +115,7 @@ class MPIExecutor:
         where = str(request.root)
         self.comm = engine_communicator(mpi, schedule, request.manifest, comm=comm, replicas=replicas, world_ranks=world_ranks)
         self.rank = self.comm.Get_rank()
-        self.inputs = [TensorSpec.from_json(spec) for spec in _get(request.manifest, "inputs")]
+        self.inputs = [spec if isinstance(spec, TensorSpec) else TensorSpec.from_json(spec) for spec in _get(request.manifest, "inputs")]
         self._owner = f"engine '{schedule.name}'"
         error: Optional[BaseException] = None
         try:
@@ -137,11 +135,12 @@ class MPIExecutor:
             error, identity = exc, ""
         with self.watchdog.waiting("loading the engine"):
             identities = self.comm.allgather((describe_error(error) if error is not None else None, identity))
-        self._raise_first([outcome for outcome, _ in identities])
+        raise_first_failure([outcome for outcome, _ in identities])
         differ = signatures_differ([ident for _, ident in identities])
         if differ:
             raise raised_everywhere(MPIError(f"{where}: rank(s) {differ} loaded an engine whose config.json differs from rank 0's; every host must see the same engine directory"))
-        self._groups = self._make_groups()
+        with self.watchdog.waiting("making the collectives' communicators"):
+            self._groups = self._make_groups()
         self._plans: collections.OrderedDict[tuple[Any, ...], RankPlan] = collections.OrderedDict()
         self._lock = threading.Lock()
 
@@ -154,21 +153,15 @@ class MPIExecutor:
             raise EngineError(f"Engine.load: unknown option(s) {unknown} for the MPI executor; it takes comm, replicas and world_ranks")
         return cls(request, **options)
 
-    def _raise_first(self, outcomes: Sequence[Optional[tuple[str, str]]]) -> None:
-        failed = [(rank, outcome) for rank, outcome in enumerate(outcomes) if outcome is not None]
-        if failed:
-            rank, (name, message) = failed[0]
-            same = len(failed) == len(outcomes) and len({o[1] for _, o in failed}) == 1
-            raise rebuild_error(name, message if same or message.startswith(f"rank {rank}") else f"rank {rank}: {message}")
-
     def _make_groups(self) -> dict[tuple[int, ...], GroupComm]:
         """One communicator per distinct collective group (the engine's own for the full group)."""
         nccl = import_nccl() if self.device == "cuda" else None
         stream = None
+        if self.device == "cuda":
+            nccl = usable_nccl(nccl, self.comm)  # collective: every rank decides alike
         if nccl is not None:
             import cupy
 
-            cupy.cuda.Device(0).use()
             stream = cupy.cuda.Stream(non_blocking=True)
         groups: dict[tuple[int, ...], GroupComm] = {}
         for tag, (labels, members) in enumerate(self._members.items()):
@@ -205,7 +198,7 @@ class MPIExecutor:
         key = tuple((name, array.dtype.str, array.shape) for name, array in arrays.items()) if arrays is not None else None
         with self.watchdog.waiting("sharing the feeds"):
             states = self.comm.allgather((describe_error(error) if error is not None else None, key))
-        self._raise_first([outcome for outcome, _ in states])
+        raise_first_failure([outcome for outcome, _ in states])
         keys = [k for _, k in states]
         if keys[0] is None:
             raise raised_everywhere(MPIError(f"{self._owner}: rank 0 gave no feeds; give them on rank 0 (the others may pass None) or on every rank"))

@@ -14,6 +14,7 @@ contents of its fixed-size buffers), so no peer is ever left waiting for it.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -22,7 +23,7 @@ import onnxruntime as ort
 from graphbuild import dtypes
 from graphbuild.errors import InputError
 from graphbuild.runtime.collectives import HostCopy, SessionCache
-from graphbuild.runtime.plan import SegmentRun
+from graphbuild.runtime.plan import SegmentRun, workspace_view
 from graphbuild.runtime.mpi_collectives import agreed_shape, exchange_headers, host_collective
 from graphbuild.runtime.mpi_env import Watchdog, abort
 from graphbuild.runtime.nccl_collectives import device_collective
@@ -49,7 +50,7 @@ class CollectiveRunner:
         try:
             self.transport.run()
         except Exception as exc:  # mpi4py's MPI.Exception, NCCL errors: the ranks can no longer agree
-            print(f"graphbuild: error: rank {self.rank}: {self.step.describe()} failed in MPI/NCCL: {exc}; aborting the job", flush=True)
+            sys.stderr.write(f"graphbuild: error: rank {self.rank}: {self.step.describe()} failed in MPI/NCCL: {exc}; aborting the job\n")
             abort(self.mpi, 1)
 
 
@@ -179,12 +180,9 @@ class RankPlan:
     def copy_workspaces(self, feeds: Mapping[str, np.ndarray]) -> None:
         """A ``workspace`` feed large enough (same dtype, contiguous) receives its collective's result."""
         for name, result in self.workspaces:
-            workspace = feeds.get(name)
-            dtype = dtypes.from_onnx(result.element_type()).numpy
-            size = int(np.prod(result.shape(), dtype=np.int64))
-            if workspace is None or workspace.dtype != dtype or workspace.size < size or not workspace.flags.c_contiguous or not workspace.flags.writeable:
-                continue
-            self.read(result, workspace.reshape(-1)[:size].reshape(tuple(result.shape())))
+            target = workspace_view(feeds.get(name), result)
+            if target is not None and target.flags.writeable:
+                self.read(result, target)
 
     def read(self, value: ort.OrtValue, out: Optional[np.ndarray] = None) -> np.ndarray:
         """The value's contents on the host: in ``out``, or in a fresh array."""

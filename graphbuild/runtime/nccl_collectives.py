@@ -25,6 +25,7 @@ With the CUDA execution provider the executor's tensors are ``OrtValue``s in dev
 from __future__ import annotations
 
 import os
+import socket
 import warnings
 from typing import Any, Optional, Sequence
 
@@ -50,6 +51,36 @@ def import_nccl() -> Optional[Any]:
     except Exception:  # ImportError, or CuPy failing to find its CUDA libraries
         return None
     return nccl if getattr(nccl, "available", True) else None
+
+
+def usable_nccl(nccl: Optional[Any], comm: Any) -> Optional[Any]:
+    """``nccl`` if every rank of ``comm`` has it and a GPU of its own, else None (on every rank).
+
+    Each process uses CUDA device 0 of the devices it sees. NCCL refuses two ranks on one GPU, so
+    the ranks compare (host, PCI bus id) of their device first; ranks sharing one, or a rank
+    without NCCL, make every rank stage collectives through host memory (with a warning).
+    Collective over ``comm``.
+    """
+    place = None
+    if nccl is not None:
+        try:
+            import cupy
+
+            cupy.cuda.Device(0).use()
+            place = (socket.gethostname(), cupy.cuda.Device(0).pci_bus_id)
+        except Exception:  # CuPy without a usable device: stage instead
+            place = None
+    places = comm.allgather(place)
+    if all(p is not None for p in places) and len(set(places)) == len(places):
+        return nccl
+    if nccl is not None and all(p is not None for p in places):
+        warnings.warn(
+            "graphbuild: ranks share a GPU and NCCL needs one GPU per rank; give each rank its own device "
+            "(CUDA_VISIBLE_DEVICES) to use NCCL",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return None
 
 
 def nccl_communicator(nccl: Any, comm: Any) -> Any:

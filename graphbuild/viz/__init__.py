@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from graphbuild.errors import GraphBuildError
 from graphbuild.ir import Network
-from graphbuild.viz.layout import layout
-from graphbuild.viz.model import GraphModel, from_network, from_ranks
-from graphbuild.viz.render import to_dot, to_html, to_json, to_svg
+
+if TYPE_CHECKING:  # the modules below import networkx: loaded on first use, not with graphbuild
+    from graphbuild.viz.model import GraphModel
 
 FORMATS = ("html", "svg", "dot", "json")
 _SUFFIXES = {".html": "html", ".htm": "html", ".svg": "svg", ".dot": "dot", ".gv": "dot", ".json": "json"}
@@ -27,20 +27,23 @@ class VisualizationError(GraphBuildError):
     """What was asked to be drawn, or the format, is not something ``graphbuild viz`` can draw."""
 
 
-def _ranks_model(nets: Sequence[Network]) -> GraphModel:
+def _ranks_model(nets: Sequence[Network]) -> "GraphModel":
     """The rank networks ``gb.build`` would compile, cut into segments (without exporting them)."""
-    from graphbuild.build import _rank_networks
+    from graphbuild.build import rank_networks
     from graphbuild.passes import check_same_schedule, segment
+    from graphbuild.viz.model import from_ranks
 
-    ranks = _rank_networks(list(nets), verify_each_pass=False)
+    ranks = rank_networks(list(nets), verify_each_pass=False)
     schedules = [segment(net) for net in ranks]
     check_same_schedule(schedules)
     return from_ranks(ranks, schedules, nets[0].name)
 
 
-def build_model(target: Any, *, logical: bool = False) -> GraphModel:
+def build_model(target: Any, *, logical: bool = False) -> "GraphModel":
     """The laid-out picture of ``target`` (see ``visualize``)."""
     from graphbuild.engine import Engine
+    from graphbuild.viz.layout import layout
+    from graphbuild.viz.model import from_network
     from graphbuild.viz.onnx_source import from_engine_dir, from_segment_file
 
     if isinstance(target, Engine):
@@ -73,8 +76,10 @@ def format_for(path: Union[str, os.PathLike], fmt: Optional[str] = None) -> str:
     return fmt
 
 
-def render(data: dict[str, Any], fmt: str) -> str:
+def render_text(data: dict[str, Any], fmt: str) -> str:
     """The text of the picture in format ``fmt`` from its JSON data model."""
+    from graphbuild.viz.render import to_dot, to_html, to_svg
+
     if fmt == "json":
         return json.dumps(data, indent=1) + "\n"
     return {"html": to_html, "svg": to_svg, "dot": to_dot}[fmt](data)
@@ -98,13 +103,15 @@ def visualize(net_or_engine: Any, path: Union[str, os.PathLike], format: Optiona
         VisualizationError: the target or the format is not one ``visualize`` knows.
         GraphBuildError: the network cannot be partitioned, or the engine cannot be read.
     """
+    from graphbuild.viz.render import to_json
+
     fmt = format_for(path, format)
     data = to_json(build_model(net_or_engine, logical=logical))
     out = Path(path)
     if out.parent and not out.parent.exists():
         out.parent.mkdir(parents=True)
-    out.write_text(render(data, fmt), encoding="utf-8")
+    out.write_text(render_text(data, fmt), encoding="utf-8")
     return out
 
 
-__all__ = ["FORMATS", "VisualizationError", "build_model", "format_for", "render", "visualize"]
+__all__ = ["FORMATS", "VisualizationError", "build_model", "format_for", "render_text", "visualize"]

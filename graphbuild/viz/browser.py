@@ -71,11 +71,23 @@ def open_page(context: Any, html_path: Union[str, Path], *, fit_all: bool = Fals
     return page
 
 
-def screenshot(html_path: Union[str, Path], png_path: Union[str, Path], *, width: int = 1600, height: int = 1000, fit_all: bool = True) -> Path:
-    """Writes a PNG of the picture at ``html_path`` as headless Chromium draws it."""
+def screenshot(
+    html_path: Union[str, Path], png_path: Union[str, Path], *, width: int = 1600, height: int = 1000, fit_all: bool = False, select: Optional[str] = None
+) -> Path:
+    """Writes a PNG of the picture at ``html_path`` as headless Chromium draws it.
+
+    Args:
+        fit_all: the whole network in view (default: its top, at the width of every column).
+        select: a node name (or id) whose details panel is open in the screenshot.
+
+    Raises:
+        GraphBuildError: no node is named ``select``.
+    """
     with launch() as context:
         page = open_page(context, html_path, fit_all=fit_all)
         page.set_viewport_size({"width": width, "height": height})
+        if select is not None and page.evaluate("name => window.gbViewer.select(name)", select) is None:
+            raise GraphBuildError(f"--select: the picture has no node named '{select}'")
         page.evaluate("window.gbViewer.fit(%s)" % ("true" if fit_all else "false"))
         page.screenshot(path=str(png_path))
     return Path(png_path)

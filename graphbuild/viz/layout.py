@@ -42,7 +42,10 @@ def node_width(node: dict[str, Any]) -> float:
 
 
 def short_name(name: str) -> str:
-    """The last one or two parts of a node name: ``h.0.attn/q_heads`` -> ``attn/q_heads``."""
+    """The name itself up to 16 characters, else its last one or two parts:
+    ``h.0.attn/q_heads`` -> itself, ``h.0.attn/q_heads/Shape`` -> ``q_heads/Shape``."""
+    if len(name) <= 16:
+        return name
     parts = name.replace("/", "\x00/").replace(".", "\x00.").split("\x00")
     tail = "".join(parts[-2:]).lstrip("./")
     return tail if len(tail) <= 30 else "…" + tail[-29:]

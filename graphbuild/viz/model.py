@@ -39,7 +39,7 @@ FAMILIES: dict[str, str] = {
 """Op family -> colour, in legend order."""
 
 _FAMILY_OPS = {
-    "embedding": {"embedding", "tpembedding", "gather"},
+    "embedding": {"embedding", "tpembedding"},
     "collective": {"allreduce", "allgather"},
     "matmul": {"matmul", "linear", "gemm", "einsum", "bmm"},
     "norm": {"layernorm", "layernormalization", "rmsnorm", "simplifiedlayernormalization", "batchnormalization"},
@@ -51,7 +51,7 @@ _FAMILY_OPS = {
     },
     "shape": {
         "reshape", "transpose", "split", "concat", "unsqueeze", "squeeze", "slice", "expand", "shape",
-        "range", "arangelike", "flatten", "identity", "constant", "constantofshape", "tile", "gatherelements",
+        "range", "arangelike", "flatten", "identity", "constant", "constantofshape", "tile", "gather", "gatherelements",
     },
 }  # fmt: skip
 COLLECTIVE_STYLES = {"allreduce": "all-reduce (sum)", "allgather": "all-gather (concat)"}
@@ -165,8 +165,11 @@ class GraphModel:
         """Adds one node (see the class docstring for its fields)."""
         if node_id in self._ids:
             raise ValueError(f"duplicate node id {node_id!r}")
+        family = op_family(op)
+        if op == "Gather" and weights and weights[0] is not None and len(weights[0]["shape"]) == 2:
+            family = "embedding"  # a lookup in a table (embeddings lowered without the plugin)
         node = {
-            "id": node_id, "name": name, "op": op, "domain": domain, "family": op_family(op),
+            "id": node_id, "name": name, "op": op, "domain": domain, "family": family,
             "tp": is_tp_embedding(op) or (op == "embedding" and int((attrs or {}).get("tp_size", 1)) > 1),
             "rank": rank, "column": column, "band": band, "segment": segment,
             "inputs": [t.as_json() for t in inputs], "outputs": [t.as_json() for t in outputs],
@@ -270,7 +273,7 @@ def from_network(nets: Sequence[Network]) -> GraphModel:
     })  # fmt: skip
     inputs, body, outputs = model.band("inputs", "inputs"), model.band("body", "network"), model.band("outputs", "outputs")
     for column, net in enumerate(nets):
-        rank = net.meta.get("tp_rank") if len(nets) > 1 else None
+        rank = net.meta.get("tp_position") if len(nets) > 1 else None
         model.columns.append(net.name)
         writer = _ColumnWriter(model, net, column, rank if isinstance(rank, int) else (column if len(nets) > 1 else None))
         writer.inputs(inputs)
@@ -314,7 +317,8 @@ def from_ranks(ranks: Sequence[Network], schedules: Sequence[Sequence[Any]], nam
                 continue
             seg_id = f"r{rank}/segment{step.index}"
             ids = [writer.node(node, band, seg_id) for node in step.nodes]
-            model.segments.append({"id": seg_id, "rank": rank, "index": step.index, "file": None, "band": band, "nodes": ids})
+            file = f"rank{rank}/segment{step.index}.onnx"  # where gb.build writes it
+            model.segments.append({"id": seg_id, "rank": rank, "index": step.index, "file": file, "band": band, "nodes": ids})
         writer.outputs(outputs)
     model.collectives = list(collectives.values())
     annotate_shards(model)
@@ -329,7 +333,7 @@ def add_to_collective(collectives: dict[Any, dict[str, Any]], model: GraphModel,
         entry = collectives[key] = {
             "id": f"c{len(collectives)}", "op": op, "label": COLLECTIVE_STYLES.get(op, op), "name": name,
             "instance_id": attrs.get("instance_id"), "group": plain(attrs.get("group", [])), "band": band,
-            "nodes": [], "attrs": {k: plain(v) for k, v in attrs.items() if k != "rank"},
+            "nodes": [], "attrs": {k: plain(v) for k, v in attrs.items() if k not in ("rank", "tp_position")},
         }  # fmt: skip
     entry["nodes"].append(node_id)
     model.node(node_id)["collective"] = entry["id"]
@@ -344,13 +348,19 @@ def annotate_shards(model: GraphModel) -> None:
         attrs, op = node["attrs"], node["op"]
         if op == "embedding" and int(attrs.get("tp_size", 1)) > 1:
             n, vocab, dim = int(attrs["tp_size"]), int(attrs.get("vocab_size", 0)), int(attrs.get("embedding_dim", 0))
-            ranks = [attrs["tp_rank"]] if attrs.get("tp_rank") is not None else range(n)
-            attrs["shard"] = "; ".join(f"rank {r}: {_range(vocab, dim, n, int(r), int(attrs.get('sharding_dim', 0)))}" for r in ranks)
+            group = list(attrs.get("tp_group") or range(n))
+            ranks = [attrs["tp_rank"]] if attrs.get("tp_rank") in group else group
+            attrs["shard"] = "; ".join(f"rank {r}: {_range(vocab, dim, n, group.index(r), int(attrs.get('sharding_dim', 0)))}" for r in ranks)
         elif is_tp_embedding(op) and node["weights"]:
             rows, cols = (node["weights"][0]["shape"] + [0, 0])[:2]
             gathers = [r for r in readers.get(node["id"], []) if r["op"].lower() == "allgather"]
             n = int(attrs.get("tp_size", len(model.columns) if model.header["kind"] != "segment" else 1))
-            rank = int(attrs.get("tp_rank", node["rank"] or 0))
+            rank = int(attrs.get("tp_position", node["rank"] or 0))
+            if model.header["kind"] != "segment":  # ONNX's TPEmbedding leaves the rank to its file's place
+                attrs.setdefault("tp_size", n)
+                attrs.setdefault("tp_position", rank)
+                group = next((r["attrs"]["group"] for r in readers.get(node["id"], []) if r["attrs"].get("group")), None)
+                attrs.setdefault("tp_rank", group[rank] if group and rank < len(group) else rank)
             if gathers:
                 sizes = gathers[0]["attrs"].get("sizes") or [cols] * n
                 start = sum(sizes[:rank])

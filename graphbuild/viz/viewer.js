@@ -133,9 +133,10 @@
   function fit(all) {
     const size = data.header.size;
     if (all) { showBox([0, -10, size[0], size[1]]); return; }
-    // Wide enough for every column; a tall network starts at its top.
-    view.scale = Math.min(1.2, Math.max(0.05, (width - 40) / size[0]));
-    view.x = size[0] / 2 - width / 2 / view.scale; view.y = -10; redraw();
+    // Wide enough for every column, beside the details panel when it is open; a tall network starts at its top.
+    const room = width - (details.style.display === "block" ? details.offsetWidth + 20 : 0);
+    view.scale = Math.min(1.2, Math.max(0.05, (room - 40) / size[0]));
+    view.x = size[0] / 2 - room / 2 / view.scale; view.y = -10; redraw();
   }
   function centerOn(n) {
     view.scale = Math.max(view.scale, 0.9);
@@ -203,7 +204,7 @@
       if (text && c.nodes.length > 1) {
         ctx.fillStyle = color; ctx.font = "bold 11px system-ui, sans-serif"; ctx.textAlign = "center";
         const a = byId.get(c.nodes[0]), b = byId.get(c.nodes[1]);
-        ctx.fillText((c.op === "allreduce" ? "\u03a3 " : "\u29c9 ") + c.label, (a.x + a.w / 2 + b.x - b.w / 2) / 2, y - 9);
+        ctx.fillText((c.op === "allreduce" ? "\u03a3 " : "") + c.label, (a.x + a.w / 2 + b.x - b.w / 2) / 2, y - 9);
       }
     });
     nodes.forEach(function (n) {
@@ -348,6 +349,10 @@
     hidden: function (id) { return hiddenBy.has(id); },
     screenOf: function (id) { const n = byId.get(id); const r = canvas.getBoundingClientRect(); return [r.left + (n.x - view.x) * view.scale, r.top + (n.y + n.h / 2 - view.y) * view.scale]; },
     drawMs: function () { const t = performance.now(); draw(); return performance.now() - t; },
+    select: function (name) {
+      const n = byId.get(name) || nodes.find(function (x) { return x.name === name; });
+      select(n || null); draw(); return n ? n.id : null;
+    },
     centerOn: function (id) { centerOn(byId.get(id)); draw(); }, fit: function (all) { fit(all); draw(); },
   };
   document.body.setAttribute("data-ready", "1");

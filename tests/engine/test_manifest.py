@@ -130,6 +130,13 @@ def test_allreduce_swapped_for_allgather_is_refused(engine_copy):
         gb.Engine.load(root)
 
 
+def test_inspect_refuses_a_manifest_that_disagrees_with_its_files(engine_copy, capsys):
+    root = engine_copy()
+    edit(root, lambda d: [r["steps"][1].update(op="allgather") for r in d["ranks"]])
+    assert main(["inspect", str(root)]) == 1
+    assert "but the engine declares output 'emb' as float(batch, seq, 6)" in capsys.readouterr().err
+
+
 def test_allgather_swapped_for_allreduce_is_refused(tmp_path, rng):
     gb.build(network(rng, sharding_dim=1), tmp_path / "e")
     edit(tmp_path / "e", lambda d: [r["steps"][1].update(op="allreduce") for r in d["ranks"]])
@@ -190,3 +197,16 @@ def test_unedited_engines_still_run(engine_copy):
     table = np.random.default_rng(0).standard_normal((40, 6)).astype(np.float32)
     for kind in ("plugin", "plain"):
         np.testing.assert_array_equal(gb.Engine.load(engine_copy(kind)).run({"input_ids": ids})["emb"], table[ids])
+
+
+def test_checking_some_ranks_opens_only_their_files(engine_copy):
+    from graphbuild.engine import PinnedEngineDir
+    from graphbuild.engine.consistency import check_segments
+
+    root = engine_copy()
+    (root / "rank1/segment0.onnx").write_bytes(b"\x08\x07not a model")
+    with PinnedEngineDir(root) as pin:
+        manifest = read_manifest(pin)
+        check_segments(pin, manifest, [0])  # an MPI process of rank 0 never reads rank 1's file
+        with pytest.raises(gb.EngineError, match=r"rank1/segment0\.onnx: not a readable ONNX model"):
+            check_segments(pin, manifest, [1])

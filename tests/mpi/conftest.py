@@ -90,6 +90,18 @@ def embedding_network(tp_size: int, sharding_dim: int, table: np.ndarray, *, tp_
     return net
 
 
+def workspace_network(table: np.ndarray) -> gb.Network:
+    """tp 2, vocab split, with a ``workspace`` input the all-reduce writes its result into."""
+    from graphbuild import functional as F
+
+    net = gb.Network("emb_workspace")
+    with net:
+        ids = net.add_input("input_ids", dtype="int64", shape=("batch", "seq"))
+        workspace = net.add_input("workspace", "float32", (256,))
+        net.mark_output(F.embedding(ids, gb.constant(table), tp_size=2, workspace=workspace, name="wte"), "embeddings")
+    return net
+
+
 class Block(layers.Module):
     """A pre-norm transformer block: x + attn(ln1(x)), then + mlp(ln2(.)) (two all-reduces of partial sums)."""
 
@@ -134,7 +146,9 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             gb.build(embedding_network(tp_size, dim, table), root / f"emb{tp_size}_{dim}", overwrite=True)
     gb.build(embedding_network(3, 0, table, dtype="bfloat16"), root / "emb3_bf16", overwrite=True)
     gb.build(embedding_network(2, 0, table), root / "emb2_noplugin", use_plugin=False, overwrite=True)
+    gb.build(embedding_network(3, 0, table), root / "emb3_noplugin", use_plugin=False, overwrite=True)
     gb.build(embedding_network(2, 1, table, tp_group=[2, 3]), root / "emb2_group23", overwrite=True)
+    gb.build(workspace_network(table), root / "emb2_workspace", overwrite=True)
     hidden, heads = 12, 6
     probe = Block(hidden, heads, layers.Mapping())
     made["block_weights"] = weights = {name: (rng.standard_normal(p.full_shape) * 0.3).astype(np.float32) for name, p in probe.named_parameters()}

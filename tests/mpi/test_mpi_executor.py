@@ -67,8 +67,9 @@ def _block_reference(x: np.ndarray, w: dict[str, np.ndarray], heads: int) -> np.
 
 # ------------------------------------------------------------------------------------- tests
 def test_two_processes_match_the_local_executor(run_mpi, spec, engines, tmp_path, rng):
-    """Both sharding dims with uneven vocab/hidden, the plugin-less lowering, and a transformer
-    block (attention + MLP: all-reduces of float32 partial sums), feeds on rank 0 only or on all."""
+    """Both sharding dims with uneven vocab/hidden, the plugin-less lowering, a transformer block
+    (attention + MLP: all-reduces of float32 partial sums) and a ``workspace``, feeds on rank 0
+    only or on all; the second call writes into ``out=`` arrays."""
     root, table = engines["root"], engines["table"]
     ids = rng.integers(0, table.shape[0], size=(2, 5)).astype(np.int64)
     ids[0, :2] = [0, table.shape[0] - 1]  # both ends of the vocabulary (the last shard's padding edge)
@@ -80,9 +81,17 @@ def test_two_processes_match_the_local_executor(run_mpi, spec, engines, tmp_path
         {"path": str(root / "emb2_1"), "feeds": str(tmp_path / "ids.npz"), "out": str(tmp_path / "emb2_1"), "feeds_on": "all"},
         {"path": str(root / "emb2_noplugin"), "feeds": str(tmp_path / "ids.npz"), "out": str(tmp_path / "emb2_noplugin")},
         {"path": str(root / "block2"), "feeds": str(tmp_path / "x.npz"), "out": str(tmp_path / "block2")},
+        {"path": str(root / "emb2_workspace"), "feeds": str(tmp_path / "ws.npz"), "out": str(tmp_path / "ws"), "feeds_on": "all"},
     ]
+    workspace = np.full(256, np.nan, np.float32)
+    np.savez(tmp_path / "ws.npz", input_ids=ids, workspace=workspace)
     done = run_mpi(2, ["worker", "run", spec({"jobs": jobs})])
     assert done.returncode == 0, done.stderr
+    for rank in range(2):  # each rank's workspace feed received the all-reduce's result
+        saved = _saved(str(tmp_path / "ws"), rank)
+        np.testing.assert_array_equal(saved["feed/workspace"][: ids.size * table.shape[1]], table[ids].reshape(-1))
+        np.testing.assert_array_equal(saved["first/embeddings"], table[ids])
+        assert saved["meta/out_used"]
     for name in ("emb2_0", "emb2_1", "emb2_noplugin"):
         _check_job(str(tmp_path / name), [0, 1], root / name, {"input_ids": ids}, table[ids])
     expected = _block_reference(x, engines["block_weights"], heads=6)
@@ -91,7 +100,8 @@ def test_two_processes_match_the_local_executor(run_mpi, spec, engines, tmp_path
 
 def test_three_processes_match_the_local_executor(run_mpi, spec, engines, tmp_path, rng):
     """tp 3: the group-order sum of gathered parts (float32 block, bfloat16 embedding) and an
-    uneven all-gather along the last axis (7 columns over 3 ranks)."""
+    uneven all-gather along the last axis (7 columns over 3 ranks), through a scratch buffer and,
+    for a single token, straight into the output (``Allgatherv``)."""
     root, table = engines["root"], engines["table"]
     ids = rng.integers(0, table.shape[0], size=(3, 4)).astype(np.int64)
     np.savez(tmp_path / "ids.npz", input_ids=ids)
@@ -99,10 +109,14 @@ def test_three_processes_match_the_local_executor(run_mpi, spec, engines, tmp_pa
     np.savez(tmp_path / "x.npz", x=x)
     jobs = [{"path": str(root / name), "feeds": str(tmp_path / "ids.npz"), "out": str(tmp_path / name)} for name in ("emb3_0", "emb3_1", "emb3_bf16")]
     jobs.append({"path": str(root / "block3"), "feeds": str(tmp_path / "x.npz"), "out": str(tmp_path / "block3")})
+    one = np.array([[42]], dtype=np.int64)  # one token: each rank's columns are one contiguous block of the result
+    np.savez(tmp_path / "one.npz", input_ids=one)
+    jobs.append({"path": str(root / "emb3_1"), "feeds": str(tmp_path / "one.npz"), "out": str(tmp_path / "emb3_1_direct")})
     done = run_mpi(3, ["worker", "run", spec({"jobs": jobs})])
     assert done.returncode == 0, done.stderr
     for name in ("emb3_0", "emb3_1"):
         _check_job(str(tmp_path / name), [0, 1, 2], root / name, {"input_ids": ids}, table[ids])
+    _check_job(str(tmp_path / "emb3_1_direct"), [0, 1, 2], root / "emb3_1", {"input_ids": one}, table[one])
     bf16 = table.astype(ml_dtypes.bfloat16).astype(np.float32)[ids]
     _check_job(str(tmp_path / "emb3_bf16"), [0, 1, 2], root / "emb3_bf16", {"input_ids": ids}, bf16)
     expected = _block_reference(x, engines["block_weights"], heads=6)

@@ -1,5 +1,6 @@
-"""Pieces of the MPI executor tested in this process, with stand-in communicators: how ranks
-agree on errors, how collective headers are matched, the group-order sum, launch detection."""
+"""Pieces of the MPI executor: with stand-in communicators in this process, how ranks agree on
+errors, how collective headers are matched, the group-order sum, launch detection; and the
+host-staged collectives of CUDA tensors, in real processes with CPU tensors."""
 
 from __future__ import annotations
 
@@ -80,3 +81,17 @@ def test_ordered_sum_of_bools_is_a_logical_or():
 @pytest.mark.parametrize("env, expected", [({}, False), ({"PMI_RANK": "0", "PMI_SIZE": "2"}, True), ({"OMPI_COMM_WORLD_SIZE": "4"}, True), ({"PMIX_RANK": "1"}, True), ({"PATH": "/bin"}, False)])
 def test_launch_detection(env, expected):
     assert launched_by_mpi(env) is expected
+
+
+def test_staged_collectives_match_numpy(run_mpi, spec, tmp_path):
+    """The path CUDA tensors take without NCCL (device -> host, MPI, host -> device), driven with
+    CPU tensors in 3 processes: a 3-rank all-reduce and an uneven all-gather along axis 1."""
+    done = run_mpi(3, ["worker", "staged", spec({"out": str(tmp_path / "staged")})])
+    assert done.returncode == 0, done.stderr
+    assert "copies CUDA tensors to host memory for every collective" in done.stderr
+    same = [np.random.default_rng(r).standard_normal((3, 4)).astype(np.float32) for r in range(3)]
+    blocks = [np.random.default_rng(r).standard_normal((2, r + 2)).astype(np.float32) for r in range(3)]
+    for rank in range(3):
+        with np.load(tmp_path / f"staged.rank{rank}.npz") as saved:
+            np.testing.assert_array_equal(saved["allreduce"], (same[0] + same[1]) + same[2])
+            np.testing.assert_array_equal(saved["allgather"], np.concatenate(blocks, axis=1))

@@ -134,3 +134,23 @@ def test_five_thousand_nodes_open_within_a_loose_bound(browser, tmp_path):
     page.close()
     assert 4500 <= nodes <= 5500
     assert open_ms < 20_000, f"opening {nodes} nodes took {open_ms:.0f} ms (the goal is under 2 s; see benchmarks/viz_bench.py)"
+
+
+def test_viz_command_takes_a_screenshot(browser, tmp_path):
+    # in its own process: Playwright's sync API does not nest inside this session's browser
+    import subprocess
+    import sys
+
+    from .conftest import embedding_net
+
+    gb.build(embedding_net(2, 1), tmp_path / "emb")
+    png = tmp_path / "emb.png"
+    args = [sys.executable, "-m", "graphbuild.tools", "viz", str(tmp_path / "emb"), "-o", str(tmp_path / "emb.html"),
+            "--screenshot", str(png), "--screenshot-size", "900x600"]  # fmt: skip
+    done = subprocess.run([*args, "--select", "r1/op:wte"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    data = png.read_bytes()
+    assert struct.unpack(">II", data[16:24]) == (900, 600)
+    assert len(png_colours(data)) > 20
+    done = subprocess.run([*args, "--select", "no such node"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "no node named 'no such node'" in done.stderr

@@ -97,9 +97,7 @@ def test_to_networkx_mixed_attribute_types_become_text(tmp_path):
     net = gb.Network("m")
     with net:
         x = net.add_input("x", "float32", (2,))
-        a = net.add_node("softmax", [x.value], {"axis": 0}).output
-        b = net.add_node("softmax", [a], {"axis": 0}).output
-        net.mark_output(b.tensor(), "y")
+        net.mark_output(F.softmax(F.softmax(x, axis=0), axis=0), "y")
     net.nodes[1].attrs["axis"] = "0"  # a name whose values differ in type between nodes
     graph = net.to_networkx()
     assert {graph.nodes[f"op:{n.name}"]["attr.axis"] for n in net.nodes} == {"0"}
@@ -155,11 +153,12 @@ def test_inspect_segment_viz_and_collapsed_ranks(engine, tmp_path, capsys):
 
 
 def test_inspect_lists_ranks_whose_steps_differ(engine):
+    from graphbuild.engine import Manifest
     from graphbuild.tools.inspect_cmd import describe
 
     manifest = json.loads((engine / "config.json").read_text())
     manifest["ranks"][2]["steps"][0]["onnx_nodes"] = 7  # rank 2 differs beyond its index
-    text = describe(manifest, str(engine), [])
+    text = describe(Manifest.from_json(manifest), str(engine), [])
     assert "ranks 0-1, 3 steps" not in text
     assert "ranks 0, 1, 3 steps (the same up to the rank index; rank 0's shown)" in text
     assert "rank 2 steps" in text and "7 ONNX node(s)" in text
