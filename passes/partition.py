@@ -128,12 +128,11 @@ def _adopt_name(net: Network, value: Value, name: str) -> None:
     """Renames a value the partition just created to ``name`` when that name is free."""
     if value.name == name or name in net.value_names:
         return
-    net.value_names.release(value.name)
+    old = value.name
+    net.value_names.release(old)
     value.name = net.value_names.claim(name)
     if value.is_constant:
-        for key in [k for k, v in net.constants.items() if v is value and k != value.name]:
-            del net.constants[key]
-            net.constants[value.name] = value
+        net.constants[value.name] = net.constants.pop(old)
 
 
 def _build_rank(source: Network, position: int, tp_size: int, group: tuple[int, ...], logical: bool) -> Network:

@@ -32,6 +32,7 @@ from graphbuild import dtypes
 from graphbuild.errors import ExecutionError, GraphBuildError, InputError, OutOfRangeIdError
 from graphbuild.plugin import format_out_of_range, parse_out_of_range
 from graphbuild.runtime.collectives import CollectiveRun, HostCopy, SessionCache
+from graphbuild.runtime.ort_check import detached_outputs
 from graphbuild.runtime.ortvalues import allocate, host_view, to_ortvalue, write_into
 from graphbuild.runtime.pool import Block, BufferPool
 from graphbuild.runtime.schedule import CollectiveStep, Schedule, SegmentStep
@@ -77,7 +78,7 @@ class SegmentRun:
         for name in check_names:
             self.binding.bind_output(name, "cpu")  # three int64s read on the host after each run
         self._execute()
-        produced = self.binding.get_outputs()
+        produced = detached_outputs(self.binding)
         self.binding.clear_binding_outputs()
         for name, value in zip(list(spec.outputs) + check_names, produced):
             self.binding.bind_ortvalue_output(name, value)  # later runs write into the same buffers

@@ -348,8 +348,9 @@ def annotate_shards(model: GraphModel) -> None:
         attrs, op = node["attrs"], node["op"]
         if op == "embedding" and int(attrs.get("tp_size", 1)) > 1:
             n, vocab, dim = int(attrs["tp_size"]), int(attrs.get("vocab_size", 0)), int(attrs.get("embedding_dim", 0))
-            ranks = [attrs["tp_rank"]] if attrs.get("tp_rank") is not None else range(n)
-            attrs["shard"] = "; ".join(f"rank {r}: {_range(vocab, dim, n, int(r), int(attrs.get('sharding_dim', 0)))}" for r in ranks)
+            group = list(attrs.get("tp_group") or range(n))
+            ranks = [attrs["tp_rank"]] if attrs.get("tp_rank") in group else group
+            attrs["shard"] = "; ".join(f"rank {r}: {_range(vocab, dim, n, group.index(r), int(attrs.get('sharding_dim', 0)))}" for r in ranks)
         elif is_tp_embedding(op) and node["weights"]:
             rows, cols = (node["weights"][0]["shape"] + [0, 0])[:2]
             gathers = [r for r in readers.get(node["id"], []) if r["op"].lower() == "allgather"]
@@ -358,6 +359,8 @@ def annotate_shards(model: GraphModel) -> None:
             if model.header["kind"] != "segment":  # ONNX's TPEmbedding leaves the rank to its file's place
                 attrs.setdefault("tp_size", n)
                 attrs.setdefault("tp_position", rank)
+                group = next((r["attrs"]["group"] for r in readers.get(node["id"], []) if r["attrs"].get("group")), None)
+                attrs.setdefault("tp_rank", group[rank] if group and rank < len(group) else rank)
             if gathers:
                 sizes = gathers[0]["attrs"].get("sizes") or [cols] * n
                 start = sum(sizes[:rank])
