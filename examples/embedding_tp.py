@@ -1,10 +1,11 @@
-"""The seed's example: a LLaMA-sized token embedding, tensor parallel.
+"""A LLaMA-sized token embedding, tensor parallel, built at tp_size 1, 2 and 4 and checked against numpy.
 
-tch-rs builds it as ``nn::embedding(vs.root() / "wte", 32000, 4096, Default::default())`` and looks
-up ``[[1, 2, 3]]`` to get a ``[1, 3, 4096]`` tensor. Here the same layer is a graphbuild
-``layers.Embedding`` named ``wte`` (weight ``wte.weight``), compiled at tp_size 1, 2 and 4 with the
-vocabulary split (sharding_dim 0: per-rank lookup + all-reduce) and the hidden split (sharding_dim 1:
-per-rank lookup + all-gather), run with ONNX Runtime, and checked against numpy's ``table[ids]``.
+The embedding layer of LLaMA (vocabulary 32000, hidden size 4096; in tch-rs
+``nn::embedding(vs.root() / "wte", 32000, 4096, Default::default())``), looking up ``[[1, 2, 3]]``
+to get a ``[1, 3, 4096]`` tensor. Here it is a graphbuild ``layers.Embedding`` named ``wte`` (weight
+``wte.weight``), compiled at tp_size 1, 2 and 4 with the vocabulary split (sharding_dim 0: per-rank
+lookup + all-reduce) and the hidden split (sharding_dim 1: per-rank lookup + all-gather), run with
+ONNX Runtime, and checked against numpy's ``table[ids]``.
 
     python examples/embedding_tp.py                 # LLaMA sizes (a 500 MB table), temporary engines
     python examples/embedding_tp.py --quick         # small sizes, seconds

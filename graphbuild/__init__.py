@@ -38,6 +38,7 @@ from graphbuild.errors import (
     PartitionError,
     PassError,
     PluginNotFoundError,
+    RuntimeVersionError,
     ShapeInferenceError,
     VerificationError,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "PartitionError",
     "PassError",
     "PluginNotFoundError",
+    "RuntimeVersionError",
     "ShapeInferenceError",
     "Tensor",
     "Value",

@@ -1,10 +1,13 @@
 """``gb.build``: compile a network into an engine directory.
 
-Pipeline: verify → shape/dtype inference → constant folding → dead-code elimination (on a copy of
-the user's network, which is never modified) → tensor-parallel partition (one network per rank) →
-dead-code elimination per rank → segmentation at collectives → ONNX export of every segment →
-atomic write of the engine directory → load. `compile_engine` and `write_compiled` run the first
-phases and the write on their own (the compiler-scaling benchmark times them).
+Pipeline (``phases()``, one named list run by ``graphbuild.passes.Phases``, which times each):
+copy of the user's networks (never modified) → verify → shape/dtype inference → constant folding →
+dead-code elimination → tensor-parallel partition (one network per rank) → per-rank cleanup
+(dead-code elimination, constant outputs) → segmentation at collectives → ONNX export of every
+segment; then the atomic write of the engine directory and the load. ``compile_engine`` and
+``write_compiled`` run the compile phases and the write on their own; the compile phases' timings
+are ``CompiledEngine.phase_times`` (the compiler-scaling benchmark and ``graphbuild build -v`` print
+them).
 """
 
 from __future__ import annotations
@@ -23,15 +26,7 @@ from graphbuild.engine.manifest import CollectiveStep, CustomOp, Manifest, Range
 from graphbuild.errors import GraphConstructionError, PartitionError
 from graphbuild.ir import Network, Node, Value
 from graphbuild.ir.value import format_shape
-from graphbuild.ops.registry import create_node
-from graphbuild.plugin import DOMAIN, DOMAIN_VERSION, TP_EMBEDDING
-
-
-def _output_through_identity(net: Network) -> None:
-    """Outputs that are constants get an identity node, so some segment produces them."""
-    for name, value in list(net.outputs.items()):
-        if value.is_constant:
-            net.outputs[name] = create_node(net, "identity", [value], name=f"output/{name}").output
+from graphbuild.plugin import DOMAIN_VERSION
 
 
 def _collective_step(node: Node) -> CollectiveStep:
@@ -48,30 +43,124 @@ def _collective_step(node: Node) -> CollectiveStep:
     )
 
 
-def _rank_networks(networks: Sequence[Network], verify_each_pass: bool, timings: Optional[dict[str, float]] = None) -> list[Network]:
-    from graphbuild.passes import DeadCodeEliminationPass, default_pipeline, partition, partition_ranks
+@dataclasses.dataclass
+class _State:
+    """What the phases of ``_compile`` pass along."""
 
-    clock = _Clock(timings)
-    pipeline = default_pipeline(verify_each=verify_each_pass)
-    optimized = []
-    for net in networks:
-        optimized.append(pipeline.run(net.copy()).network)
-        clock.add(pipeline.seconds)
-    with clock("partition"):
-        ranks = partition(optimized[0]) if len(optimized) == 1 else partition_ranks(optimized)
+    networks: list[Network]
+    use_plugin: bool
+    opset: int
+    external_data_threshold: int
+    ranks: list[Network] = dataclasses.field(default_factory=list)
+    schedules: list[list[Any]] = dataclasses.field(default_factory=list)
+    exports: list[tuple[str, Any]] = dataclasses.field(default_factory=list)
+    rank_entries: list[RankPlan] = dataclasses.field(default_factory=list)
+
+
+def _copy(state: _State) -> None:
+    state.networks = [net.copy() for net in state.networks]  # the user's networks are never modified
+
+
+def _partition(state: _State) -> None:
+    from graphbuild.passes import partition, partition_ranks
+
+    networks = state.networks
+    ranks = partition(networks[0]) if len(networks) == 1 else partition_ranks(networks)
     tp_size = ranks[0].meta.get("tp_size", 1)
     if len(ranks) != tp_size:
-        rank = ranks[0].meta.get("tp_rank")
+        meta = ranks[0].meta
+        rank = meta["tp_group"][meta["tp_position"]]
         raise PartitionError(
             f"network '{networks[0].name}' is rank {rank} of a {tp_size}-rank group (rank-local mode); "
             "pass the networks of every rank as a list: gb.build([net_rank0, net_rank1, ...], path)"
         )
-    cleanup = DeadCodeEliminationPass()
-    with clock("rank_dce"):
-        for net in ranks:
-            cleanup(net)
-            _output_through_identity(net)
-    return ranks
+    state.ranks = ranks
+
+
+def _segment(state: _State) -> None:
+    from graphbuild.passes import check_same_schedule, segment
+
+    state.schedules = [segment(net) for net in state.ranks]
+    check_same_schedule(state.schedules)
+
+
+def _lower(state: _State) -> None:
+    from graphbuild.passes import CollectiveStep
+    from graphbuild.passes.export_onnx import lower_nodes
+
+    source = state.networks[0]
+    for rank, (net, steps) in enumerate(zip(state.ranks, state.schedules)):
+        entries: list[Any] = []
+        for step in steps:
+            if isinstance(step, CollectiveStep):
+                entries.append(_collective_step(step.node))
+                continue
+            relpath = f"rank{rank}/segment{step.index}.onnx"
+            exported = lower_nodes(
+                net,
+                step.nodes,
+                step.inputs,
+                [(v.name, v) for v in step.outputs],
+                use_plugin=state.use_plugin,
+                opset=state.opset,
+                external_data_threshold=state.external_data_threshold,
+                graph_name=f"{source.name}.rank{rank}.segment{step.index}",
+            )
+            state.exports.append((relpath, exported))
+            entries.append(
+                SegmentStep(
+                    index=step.index,
+                    file=relpath,
+                    inputs=tuple(exported.inputs),
+                    outputs=tuple(exported.outputs),
+                    checks=tuple(RangeCheck(c["tensor"], c["node"], c["vocab_size"], c["kind"]) for c in exported.checks),
+                    onnx_nodes=exported.onnx_nodes,
+                    ops=dict(exported.ops),
+                )
+            )
+        used = {v.name for node in net.nodes for v in node.inputs if v is not None and v.is_constant}
+        state.rank_entries.append(
+            RankPlan(
+                rank=rank,
+                weight_bytes=int(sum(v.const.nbytes for v in net.constants.values() if v.name in used)),
+                ops=net.op_counts(),
+                steps=tuple(entries),
+                outputs={name: value.name for name, value in net.outputs.items()},
+            )
+        )
+
+
+def phases(verify_each_pass: bool = False) -> Any:
+    """``gb.build``'s compile flow as one named list of ``Phases`` (the write step excluded).
+
+    ``copy`` (the user's networks are never modified), ``optimize`` (``default_pipeline`` on each
+    network: its passes are timed by name: ``verify``, ``infer_shapes``, ``fold_constants``,
+    ``eliminate_dead_code``), ``partition``, ``rank_dce`` (``rank_cleanup`` on each rank:
+    dead-code elimination and constant outputs), ``segment``, ``lower_onnx``.
+    """
+    from graphbuild.passes import Phase, Phases, default_pipeline, rank_cleanup
+
+    return Phases(
+        [
+            Phase("copy", _copy),
+            Phase("optimize", passes=default_pipeline(verify_each=verify_each_pass), report_passes=True),
+            Phase("partition", _partition),
+            Phase("rank_dce", passes=rank_cleanup(), over="ranks"),
+            Phase("segment", _segment),
+            Phase("lower_onnx", _lower),
+        ]
+    )
+
+
+def rank_networks(networks: Sequence[Network], verify_each_pass: bool = False) -> list[Network]:
+    """The rank networks ``gb.build`` makes of ``networks``: the phases up to the per-rank cleanup
+    (``copy``, ``optimize``, ``partition``, ``rank_dce``), in rank order; ``networks`` stay as they are."""
+    runner = phases(verify_each_pass)
+    runner.phases = runner.phases[: runner.names.index("rank_dce") + 1]
+    return runner.run(_State(list(networks), False, 0, 0)).ranks
+
+
+_rank_networks = rank_networks  # the name graphbuild.viz imports
 
 
 @contextlib.contextmanager
@@ -89,30 +178,6 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-class _Clock:
-    """Adds wall time per phase into ``timings`` (a no-op when it is None)."""
-
-    def __init__(self, timings: Optional[dict[str, float]]) -> None:
-        self.timings = timings
-        self._phase = ""
-        self._start = 0.0
-
-    def __call__(self, phase: str) -> "_Clock":
-        self._phase = phase
-        return self
-
-    def __enter__(self) -> None:
-        self._start = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        self.add({self._phase: time.perf_counter() - self._start})
-
-    def add(self, seconds: dict[str, float]) -> None:
-        if self.timings is not None:
-            for phase, value in seconds.items():
-                self.timings[phase] = self.timings.get(phase, 0.0) + value
 
 
 def _interface(net: Network) -> tuple[dict[str, str], dict[str, str]]:
@@ -145,10 +210,14 @@ class CompiledEngine:
     Attributes:
         manifest: the manifest without its ``files`` table (the writer adds checksums).
         exports: ``(relative path, ExportedModel)`` per segment file.
+        phase_times: seconds per compile phase, as ``phases()`` reports them (``copy``, ``verify``,
+            ``infer_shapes``, ``fold_constants``, ``eliminate_dead_code``, ``partition``,
+            ``rank_dce``, ``segment``, ``lower_onnx``).
     """
 
     manifest: Manifest
     exports: list[tuple[str, Any]]
+    phase_times: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def build(
@@ -161,6 +230,7 @@ def build(
     verify_each_pass: bool = False,
     external_data_threshold: int = 1 << 20,
     providers: Optional[Sequence[str]] = None,
+    timings: Optional[dict[str, float]] = None,
 ) -> Engine:
     """Compiles ``network`` into an engine directory and loads it.
 
@@ -177,6 +247,8 @@ def build(
         verify_each_pass: run the IR verifier after every pass (slower; tests turn it on).
         external_data_threshold: initializers larger than this many bytes go to external data.
         providers: execution providers for the returned engine.
+        timings: when given, receives the seconds each phase took: the compile phases
+            (``CompiledEngine.phase_times``), then ``write`` and ``load``.
 
     Returns:
         The loaded engine.
@@ -186,10 +258,16 @@ def build(
             directory cannot be written; the message names the op, node or file.
     """
     compiled = compile_engine(
-        network, use_plugin=use_plugin, opset=opset, verify_each_pass=verify_each_pass, external_data_threshold=external_data_threshold
+        network, use_plugin=use_plugin, opset=opset, verify_each_pass=verify_each_pass, external_data_threshold=external_data_threshold, timings=timings
     )
+    clock = time.perf_counter()
     path = write_compiled(compiled, output_dir, overwrite=overwrite)
-    return Engine.load(path, providers=providers, verify=False)
+    written = time.perf_counter()
+    engine = Engine.load(path, providers=providers, verify=False)
+    if timings is not None:
+        timings["write"] = timings.get("write", 0.0) + written - clock
+        timings["load"] = timings.get("load", 0.0) + time.perf_counter() - written
+    return engine
 
 
 def compile_engine(
@@ -203,9 +281,8 @@ def compile_engine(
 ) -> CompiledEngine:
     """Runs ``gb.build``'s compiler phases in memory: passes, partition, segmentation, lowering.
 
-    Arguments are ``build``'s. ``timings``, when given, receives the seconds each phase took
-    (``verify``, ``infer_shapes``, ``fold_constants``, ``eliminate_dead_code``, ``partition``,
-    ``rank_dce``, ``segment``, ``lower_onnx``), added to what it holds.
+    Arguments are ``build``'s. The seconds each phase took are the result's ``phase_times``;
+    ``timings``, when given, also receives them, added to what it holds.
     """
     from graphbuild.passes.export_onnx import DEFAULT_OPSET, check_opset
 
@@ -225,60 +302,14 @@ def compile_engine(
 def _compile(
     networks: list[Network], use_plugin: bool, opset: int, verify_each_pass: bool, external_data_threshold: int, timings: Optional[dict[str, float]]
 ) -> CompiledEngine:
-    from graphbuild.passes import CollectiveStep, check_same_schedule, segment
-    from graphbuild.passes.export_onnx import lower_nodes
+    from graphbuild.passes.infra import add_seconds
 
-    source = networks[0]
-    clock = _Clock(timings)
-    ranks = _rank_networks(networks, verify_each_pass, timings)
-    with clock("segment"):
-        schedules = [segment(net) for net in ranks]
-        check_same_schedule(schedules)
-
-    exports: list[tuple[str, Any]] = []
-    rank_entries: list[RankPlan] = []
-    with clock("lower_onnx"):
-        for rank, (net, steps) in enumerate(zip(ranks, schedules)):
-            entries: list[Any] = []
-            for step in steps:
-                if isinstance(step, CollectiveStep):
-                    entries.append(_collective_step(step.node))
-                    continue
-                relpath = f"rank{rank}/segment{step.index}.onnx"
-                exported = lower_nodes(
-                    net,
-                    step.nodes,
-                    step.inputs,
-                    [(v.name, v) for v in step.outputs],
-                    use_plugin=use_plugin,
-                    opset=opset,
-                    external_data_threshold=external_data_threshold,
-                    graph_name=f"{source.name}.rank{rank}.segment{step.index}",
-                )
-                exports.append((relpath, exported))
-                entries.append(
-                    SegmentStep(
-                        index=step.index,
-                        file=relpath,
-                        inputs=tuple(exported.inputs),
-                        outputs=tuple(exported.outputs),
-                        checks=tuple(RangeCheck(c["tensor"], c["node"], c["vocab_size"], c["kind"]) for c in exported.checks),
-                        onnx_nodes=exported.onnx_nodes,
-                        ops=dict(exported.ops),
-                    )
-                )
-            used = {v.name for node in net.nodes for v in node.inputs if v is not None and v.is_constant}
-            rank_entries.append(
-                RankPlan(
-                    rank=rank,
-                    weight_bytes=int(sum(v.const.nbytes for v in net.constants.values() if v.name in used)),
-                    ops=net.op_counts(),
-                    steps=tuple(entries),
-                    outputs={name: value.name for name, value in net.outputs.items()},
-                )
-            )
-
-    needs_plugin = use_plugin and any(n.op == "tp_embedding" for net in ranks for n in net.nodes)
+    runner = phases(verify_each_pass)
+    state = runner.run(_State(networks, use_plugin, opset, external_data_threshold))
+    if timings is not None:
+        add_seconds(timings, runner.seconds)
+    source, ranks, exports = networks[0], state.ranks, state.exports
+    custom = sorted({(n.domain, n.op_type) for _, exported in exports for n in exported.model.graph.node if n.domain})
     manifest = Manifest(
         graphbuild_version=graphbuild.__version__,
         name=source.name,
@@ -286,13 +317,13 @@ def _compile(
         tp_group=tuple(ranks[0].meta.get("tp_group", range(len(ranks)))),
         use_plugin=use_plugin,
         opset=opset,
-        custom_ops=(CustomOp(DOMAIN, TP_EMBEDDING, DOMAIN_VERSION),) if needs_plugin else (),
+        custom_ops=tuple(CustomOp(domain, op_type, DOMAIN_VERSION) for domain, op_type in custom),
         inputs=tuple(TensorSpec(v.name, v.dtype, v.shape) for v in source.inputs.values()),
         outputs=tuple(TensorSpec(name, v.dtype, v.shape) for name, v in ranks[0].outputs.items()),
-        ranks=tuple(rank_entries),
+        ranks=tuple(state.rank_entries),
     )
     json.dumps(manifest.to_json())  # fail here, not half-way through writing, if an attribute is not JSON data
-    return CompiledEngine(manifest, exports)
+    return CompiledEngine(manifest, exports, dict(runner.seconds))
 
 
 def write_compiled(compiled: CompiledEngine, output_dir: Union[str, Path], *, overwrite: bool = False) -> Path:

@@ -52,6 +52,10 @@ class PluginNotFoundError(GraphBuildError):
     """The custom-op library is not installed with the package."""
 
 
+class RuntimeVersionError(GraphBuildError):
+    """The installed ONNX Runtime is older than graphbuild supports."""
+
+
 class InputError(GraphBuildError):
     """Feeds given to an engine or the reference interpreter do not match its inputs."""
 

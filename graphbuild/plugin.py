@@ -82,13 +82,23 @@ def _candidate_dirs() -> list[Path]:
     return dirs
 
 
-@functools.cache
 def library_path() -> Path:
-    """Returns the path of the installed custom-op library.
+    """Returns the path of the installed custom-op library, for registering it with ONNX Runtime.
+
+    The installed ONNX Runtime is checked first (see ``graphbuild.runtime.ort_check``).
 
     Raises:
         PluginNotFoundError: the package was installed without its plugin library.
+        RuntimeVersionError: the installed ONNX Runtime is older than graphbuild supports.
     """
+    from graphbuild.runtime.ort_check import check_runtime  # imports onnxruntime: only when needed
+
+    check_runtime()
+    return _find_library()
+
+
+@functools.cache
+def _find_library() -> Path:
     name = _library_filename()
     for directory in _candidate_dirs():
         path = directory / name
@@ -105,7 +115,7 @@ def library_path() -> Path:
 @functools.cache
 def plugin_info() -> dict:
     """Build facts recorded by CMake next to the library (for example whether CUDA kernels are in)."""
-    info_path = library_path().parent / "plugin_info.json"
+    info_path = _find_library().parent / "plugin_info.json"
     if not info_path.is_file():
         return {"cuda": False}
     return json.loads(info_path.read_text())

@@ -10,15 +10,18 @@ Order, from a user's network to engine files:
 6. ``segment`` (``segment.py``): cuts each rank's network at its collectives.
 7. ONNX export (``export_onnx.py``): lowers each segment to an ONNX model.
 
-Steps 1-4 are ``Pass`` objects run by a ``PassManager`` (``default_pipeline``); steps 5-7 produce
-several networks or non-network results, so they are plain functions. Passes edit the network in
-place: copy it first (``net.copy()``) to keep the original.
+Steps 1-4 are ``Pass`` objects run by a ``PassManager`` (``default_pipeline``); after the partition
+each rank gets ``rank_cleanup`` (dead-code elimination, ``ConstantOutputsPass``); steps 5-7 produce
+several networks or non-network results, so they are plain functions. ``gb.build`` runs the whole
+flow as one named list of ``Phases`` (see ``graphbuild.build.PHASES``). Passes edit the network in
+place (``Pass.in_place``): copy it first (``net.copy()``) to keep the original.
 """
 
 from graphbuild.passes.eliminate_dead_code import DeadCodeEliminationPass
 from graphbuild.passes.fold_constants import ConstantFoldingPass
 from graphbuild.passes.infer_shapes import ShapeInferencePass
-from graphbuild.passes.infra import Pass, PassManager, PassResult
+from graphbuild.passes.fix_outputs import ConstantOutputsPass
+from graphbuild.passes.infra import Pass, Phase, Phases, PassManager, PassResult
 from graphbuild.passes.partition import infer_tp_size, partition, partition_ranks, rank_order
 from graphbuild.passes.segment import CollectiveStep, Segment, Step, check_same_schedule, segment
 from graphbuild.passes.verify import VerifyPass, verify_network
@@ -36,22 +39,33 @@ def default_pipeline(*, verify_each: bool = False) -> PassManager:
     return PassManager(
         [VerifyPass(), ShapeInferencePass(), ConstantFoldingPass(), DeadCodeEliminationPass()],
         verify_each=verify_each,
+        name="optimize",
     )
+
+
+def rank_cleanup() -> PassManager:
+    """What every rank network gets after the partition: dead-code elimination (what the rank's
+    outputs do not need, collectives kept), then constant outputs routed through ``identity``."""
+    return PassManager([DeadCodeEliminationPass(), ConstantOutputsPass()], name="rank_cleanup")
 
 
 __all__ = [
     "CollectiveStep",
     "ConstantFoldingPass",
+    "ConstantOutputsPass",
     "DeadCodeEliminationPass",
     "Pass",
     "PassManager",
     "PassResult",
+    "Phase",
+    "Phases",
     "Segment",
     "ShapeInferencePass",
     "Step",
     "VerifyPass",
     "check_same_schedule",
     "default_pipeline",
+    "rank_cleanup",
     "infer_tp_size",
     "partition",
     "partition_ranks",

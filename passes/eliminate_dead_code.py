@@ -4,9 +4,10 @@ One backward walk over the topologically ordered nodes marks what the graph outp
 rest is removed in one batch, so the pass runs in time linear in the network's size. Graph inputs
 are never removed (they are the engine's interface), even when nothing reads them.
 
-Collectives are kept even when their result is unused, and so are rank-local ``embedding`` nodes
-that will become collectives: every rank of a group must reach the same collectives, and a rank
-cannot know whether the other ranks use the result. Their inputs are kept with them.
+Nodes that exchange data with other ranks (``OpDef.exchanges``: collectives, and rank-local
+``embedding`` nodes that will become collectives) are kept even when their result is unused: every
+rank of a group must reach the same collectives, and a rank cannot know whether the other ranks
+use the result. Their inputs are kept with them.
 """
 
 from __future__ import annotations
@@ -18,10 +19,7 @@ from graphbuild.passes.infra import Pass, PassResult
 
 def communicates(node: Node) -> bool:
     """Whether ``node`` takes part in a collective of several ranks (and so must not be dropped)."""
-    if get_op(node.op).collective:
-        return True
-    attrs = node.attrs
-    return node.op == "embedding" and attrs.get("tp_rank") is not None and attrs.get("tp_size", 1) > 1
+    return get_op(node.op).exchanges(node)
 
 
 class DeadCodeEliminationPass(Pass):

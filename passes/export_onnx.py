@@ -27,6 +27,7 @@ from graphbuild import dtypes
 from graphbuild.errors import ExportError, GraphBuildError
 from graphbuild.ir import Network, Node, Value
 from graphbuild.ir.names import Namespace
+from graphbuild.ops.emitter import OpEmitter
 from graphbuild.ops.registry import get_op
 from graphbuild.plugin import DOMAIN, DOMAIN_VERSION
 
@@ -51,19 +52,30 @@ def _runtime_loads(opset: int) -> bool:
     return True
 
 
+@functools.cache
+def supported_opsets() -> range:
+    """The standard opsets graphbuild exports here: from ``MIN_OPSET`` to the newest that both the
+    installed onnx knows and the installed ONNX Runtime loads (the one source of that range)."""
+    newest = onnx.defs.onnx_opset_version()
+    while newest > DEFAULT_OPSET and not _runtime_loads(newest):
+        newest -= 1
+    return range(MIN_OPSET, newest + 1)
+
+
 def check_opset(opset: int) -> None:
-    """Refuses opsets graphbuild cannot lower to, or that the installed ONNX Runtime cannot load.
+    """Refuses opsets outside ``supported_opsets()``.
 
     Raises:
-        ExportError: naming the opset and the range that works.
+        ExportError: naming the opset and the range that works with the installed onnx and ONNX Runtime.
     """
-    newest = onnx.defs.onnx_opset_version()
-    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
-        raise ExportError(f"opset {opset!r} is not supported: graphbuild exports standard ONNX opsets {MIN_OPSET} to {newest} (default {DEFAULT_OPSET})")
-    if opset > DEFAULT_OPSET and not _runtime_loads(opset):
+    supported = supported_opsets()
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset not in supported:
         import onnxruntime as ort
 
-        raise ExportError(f"opset {opset} is newer than ONNX Runtime {ort.__version__} can load; choose an opset from {MIN_OPSET} to {DEFAULT_OPSET}, or upgrade onnxruntime")
+        raise ExportError(
+            f"opset {opset!r} is not supported: graphbuild exports standard ONNX opsets {supported.start} to {supported.stop - 1} "
+            f"(default {DEFAULT_OPSET}) with the installed onnx {onnx.__version__} and ONNX Runtime {ort.__version__}"
+        )
 
 
 @dataclasses.dataclass
@@ -105,6 +117,11 @@ class _Lowering:
         self._added_constants: set[str] = set()
 
     # --- LoweringContext --------------------------------------------------------------------
+    @property
+    def op(self) -> OpEmitter:
+        """``ctx.op.Gather(table, index, axis=0)``: emits one node, returns its output name."""
+        return OpEmitter(self, self._current.name if self._current is not None else "graph")
+
     def name(self, value: Value) -> str:
         if value.is_constant and value.name not in self._added_constants:
             self._added_constants.add(value.name)
@@ -243,9 +260,10 @@ def network_to_model(net: Network, *, use_plugin: bool = False, opset: int = DEF
             cannot be lowered.
     """
     for node in net.nodes:
-        if get_op(node.op).collective:
+        opdef = get_op(node.op)
+        if opdef.collective:
             raise ExportError(f"{node.describe()}: collectives cannot be exported into a single model; use gb.build{node.where()}")
-        if node.op == "embedding":
+        if opdef.logical:
             raise ExportError(f"{node.describe()}: run the partition pass first (graphbuild.passes.partition){node.where()}")
     exported = lower_nodes(net, net.nodes, list(net.inputs.values()), list(net.outputs.items()), use_plugin=use_plugin, opset=opset)
     return exported.model

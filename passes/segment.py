@@ -22,8 +22,9 @@ from typing import Sequence, Union
 
 from graphbuild.errors import PartitionError
 from graphbuild.ir import Network, Node, Value
-from graphbuild.ops.registry import get_op
-from graphbuild.passes.partition import compare_collective_sequences
+from graphbuild.ops.registry import OpDef, get_op
+from graphbuild.schedule_check import CollectiveCall, check_schedules
+from graphbuild.tp_layout import collective_call
 
 
 @dataclasses.dataclass
@@ -70,11 +71,12 @@ def _stages(net: Network) -> tuple[list[int], list[bool]]:
     value_stage: dict[int, int] = {}
     stages: list[int] = []
     is_collective: list[bool] = []
-    collective_ops: dict[str, bool] = {}
+    opdefs: dict[str, OpDef] = {}
     for node in net.nodes:
-        if node.op not in collective_ops:
-            collective_ops[node.op] = get_op(node.op).collective
-        collective = collective_ops[node.op]
+        opdef = opdefs.get(node.op) or opdefs.setdefault(node.op, get_op(node.op))
+        if opdef.logical:
+            raise PartitionError(f"{node.describe()}: segment() takes rank networks; run graphbuild.passes.partition first{node.where()}")
+        collective = opdef.collective
         stage = max((value_stage.get(id(v), 0) for v in node.inputs if v is not None), default=0)
         available = stage + 1 if collective else stage
         for value in node.outputs:
@@ -94,11 +96,9 @@ def segment(net: Network) -> list[Step]:
         Segments and collective steps in the order every rank runs them.
 
     Raises:
-        PartitionError: the network still holds a logical ``embedding`` (partition it first).
+        PartitionError: the network still holds a logical op such as ``embedding`` (partition it
+            first).
     """
-    for node in net.nodes:
-        if node.op == "embedding":
-            raise PartitionError(f"{node.describe()}: segment() takes rank networks; run graphbuild.passes.partition first{node.where()}")
     stages, is_collective = _stages(net)
     last = max(stages, default=0)
     members: list[list[Node]] = [[] for _ in range(last + 1)]
@@ -151,8 +151,8 @@ def check_same_schedule(per_rank_steps: Sequence[Sequence[Step]]) -> None:
     """
     if not per_rank_steps:
         return
-    sequences = [[step.node for step in steps if isinstance(step, CollectiveStep)] for steps in per_rank_steps]
-    compare_collective_sequences(sequences, [f"rank {r}" for r in range(len(sequences))])
+    calls: list[list[CollectiveCall]] = [[collective_call(step.node) for step in steps if isinstance(step, CollectiveStep)] for steps in per_rank_steps]
+    check_schedules(calls, [f"rank {r}" for r in range(len(calls))], PartitionError)
 
 
 __all__ = ["CollectiveStep", "Segment", "Step", "check_same_schedule", "segment"]

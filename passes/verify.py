@@ -11,14 +11,16 @@ problem before raising, and each problem comes with a hint on how to fix it:
 - use lists: ``value.uses`` lists exactly the ``(node, index)`` pairs that read the value;
 - outputs: graph outputs are values of this network;
 - ops: every op is registered, with the registry's domain; attributes are plain data;
-- collectives: ``instance_id`` is an int, unique among the network's collectives and embeddings.
+- cycles: when some node reads a value produced later, whether the nodes form a cycle (named);
+- collectives: ``instance_id`` is an int, unique among the network's collectives and the ops whose
+  schema has an ``instance_id`` (embeddings).
 
 It runs in time linear in the size of the network.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 from graphbuild.errors import GraphBuildError, VerificationError
 from graphbuild.ir import Network, Node, Value
@@ -192,6 +194,17 @@ class _Checker:
                 if isinstance(value, Value) and (id(value), id(node), index) not in recorded:
                     self.report(f"{node.describe()} reads {value.describe()} as input {index}, but the value's use list misses it", "edit inputs with node.replace_input(...)")
 
+    # ----------------------------------------------------------------------------- cycles
+    def check_cycles(self, nodes: dict[int, Node]) -> None:
+        """Reports one cycle among the nodes, if any (a node computed from its own output)."""
+        cycle = _find_cycle(list(nodes.values()))
+        if cycle:
+            chain = " -> ".join(n.describe() for n in cycle + [cycle[0]])
+            self.report(
+                f"nodes form a cycle: {chain} (each reads the next one's output){cycle[0].where()}",
+                "a rewrite redirected a value to one computed from it; undo it (net.replace_all_uses refuses such rewrites)",
+            )
+
     # ---------------------------------------------------------------------------- outputs
     def check_outputs(self, defined: dict[int, Value]) -> None:
         for name, value in self.net.outputs.items():
@@ -205,10 +218,10 @@ class _Checker:
         owners: dict[int, Node] = {}
         for node in nodes.values():
             try:
-                collective = get_op(node.op).collective
+                opdef = get_op(node.op)
             except GraphBuildError:
                 continue
-            if not collective and node.op != "embedding":
+            if not opdef.collective and not (opdef.attrs is not None and "instance_id" in opdef.attrs):
                 continue
             instance_id = node.attrs.get("instance_id") if isinstance(node.attrs, dict) else None
             if isinstance(instance_id, bool) or not isinstance(instance_id, int):
@@ -221,6 +234,37 @@ class _Checker:
                 )
             else:
                 owners[instance_id] = node
+
+
+def _find_cycle(nodes: list[Node]) -> list[Node]:
+    """A cycle of ``nodes`` (each reads an output of the next), or an empty list; linear time."""
+    members = {id(n) for n in nodes}
+    state: dict[int, int] = {}  # 1: on the current path, 2: done
+    for start in nodes:
+        if id(start) in state:
+            continue
+        path: list[Node] = []
+        stack: list[tuple[Node, Iterator[Any]]] = [(start, iter(start.inputs))]
+        state[id(start)] = 1
+        path.append(start)
+        while stack:
+            node, inputs = stack[-1]
+            for value in inputs:
+                producer = value.producer if isinstance(value, Value) else None
+                if producer is None or id(producer) not in members:
+                    continue
+                if state.get(id(producer)) == 1:
+                    return path[path.index(producer):]
+                if id(producer) not in state:
+                    state[id(producer)] = 1
+                    path.append(producer)
+                    stack.append((producer, iter(producer.inputs)))
+                    break
+            else:
+                state[id(node)] = 2
+                stack.pop()
+                path.pop()
+    return []
 
 
 def verify_network(net: Network) -> None:
@@ -236,6 +280,8 @@ def verify_network(net: Network) -> None:
     checker.check_uses(defined, nodes)
     checker.check_outputs(defined)
     checker.check_collectives(nodes)
+    if any("comes later in net.nodes" in p for p in checker.problems):
+        checker.check_cycles(nodes)
     if checker.problems:
         count = len(checker.problems)
         listing = "\n".join(f"  - {p}" for p in checker.problems)

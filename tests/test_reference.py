@@ -171,9 +171,8 @@ def test_ranks_must_meet_at_the_same_collective(rng):
     with pytest.raises(gb.ExecutionError) as error:
         reference.run_ranks(ranks, {"ids": ids})
     assert str(error.value) == (
-        "run_ranks: the ranks do not meet at a common collective: "
-        "rank 0 waits at allreduce 'wte/allreduce' (instance_id=7, group [0, 1]); "
-        "rank 1 waits at allreduce 'wte/allreduce' (instance_id=8, group [0, 1])"
+        "collective #0 is allreduce 'wte/allreduce' (instance_id=7) on rank 0 (network 'rank0') but "
+        "allreduce 'wte/allreduce' (instance_id=8) on rank 1 (network 'rank1'); every rank must run the same collectives in the same order"
     )
 
 
@@ -184,7 +183,7 @@ def test_a_rank_that_finishes_early_is_reported(rng):
     with lonely:
         ids = lonely.add_input("ids", "int64", ("batch", "seq"))
         lonely.mark_output(F.identity(ids), "emb")
-    with pytest.raises(gb.ExecutionError, match=r"rank 0 waits at allreduce 'wte/allreduce' \(instance_id=7, group \[0, 1\]\); rank 1 has finished"):
+    with pytest.raises(gb.ExecutionError, match=r"rank 0 \(network 'rank0'\) runs 1 collectives but rank 1 \(network 'rank1'\) runs 0 \(the first unmatched one is allreduce 'wte/allreduce' \(instance_id=7\)"):
         reference.run_ranks([ranks[0], lonely], {"ids": np.array([[1]])})
 
 
@@ -196,7 +195,7 @@ def test_same_instance_id_with_a_different_op_is_a_mismatch(rng):
             x = net.add_input("x", "float32", (2,))
             net.mark_output(getattr(F, op)(x, group=[0, 1], instance_id=1, name="sync"), "y")
         nets.append(net)
-    with pytest.raises(gb.ExecutionError, match=r"instance_id=1 is allreduce 'sync' with group \[0, 1\] on rank 0 but allgather 'sync' with group \[0, 1\] on rank 1"):
+    with pytest.raises(gb.ExecutionError, match=r"collective #0 is allreduce 'sync' \(instance_id=1\) on rank 0 \(network 'rank0'\) but allgather 'sync' \(instance_id=1\) on rank 1"):
         reference.run_ranks(nets, {"x": np.ones(2, np.float32)})
 
 
@@ -210,8 +209,47 @@ def test_run_ranks_argument_errors(rng):
     with pytest.raises(gb.InputError, match="expected at least one network"):
         reference.run_ranks([], {})
     ranks[0].nodes[-2].attrs["group"] = (1, 2, 5)
-    with pytest.raises(gb.ExecutionError, match=r"rank 0's allreduce 'wte/allreduce' has group \[1, 2, 5\], which names ranks outside the 2 networks"):
+    with pytest.raises(gb.ExecutionError, match=r"rank 0 \(network 'rank0'\): allreduce 'wte/allreduce' \(instance_id=7\): group \[1, 2, 5\] names ranks outside the 2 ranks given"):
         reference.run_ranks(ranks, {"ids": np.array([[1]])})
     ranks[0].nodes[-2].attrs["group"] = (1,)
-    with pytest.raises(gb.ExecutionError, match=r"rank 0 reached allreduce 'wte/allreduce' but is not in its group \[1\]"):
+    with pytest.raises(gb.ExecutionError, match=r"rank 0 \(network 'rank0'\) runs allreduce 'wte/allreduce' \(instance_id=7\) but is not in its group \[1\]"):
         reference.run_ranks(ranks, {"ids": np.array([[1]])})
+
+
+# ------------------------------------------------------------------------------------ workspace
+
+
+def _workspace_network(table, tp_size):
+    net = gb.Network("ws")
+    with net:
+        ids = net.add_input("ids", "int64", ("n",))
+        workspace = net.add_input("workspace", "float32", ("m",))
+        net.mark_output(F.embedding(ids, gb.constant(table, name="wte.weight"), tp_size=tp_size, workspace=workspace, name="wte"), "emb")
+    return net
+
+
+def test_run_writes_the_workspace_as_engines_do(rng):
+    table = rng.standard_normal((12, 6)).astype(np.float32)
+    ids = np.array([1, 7, 11])
+    buffer = np.zeros(64, np.float32)
+    out = reference.run(_workspace_network(table, 2), {"ids": ids, "workspace": buffer})["emb"]
+    np.testing.assert_array_equal(out, table[ids])
+    np.testing.assert_array_equal(buffer[:18].reshape(3, 6), table[ids])
+    assert not buffer[18:].any()
+    small = np.zeros(4, np.float32)
+    reference.run(_workspace_network(table, 2), {"ids": ids, "workspace": small})
+    assert not small.any(), "a workspace too small is left alone"
+    untouched = np.zeros(64, np.float32)
+    reference.run(_workspace_network(table, 1), {"ids": ids, "workspace": untouched})
+    assert not untouched.any(), "no collective at tp_size 1, as in an engine"
+
+
+def test_run_ranks_writes_each_ranks_workspace(rng):
+    from graphbuild.passes import partition
+
+    table = rng.standard_normal((12, 6)).astype(np.float32)
+    ids = np.array([4, 0])
+    buffers = [np.zeros(12, np.float32), np.zeros(12, np.float32)]
+    reference.run_ranks(partition(_workspace_network(table, 2)), [{"ids": ids, "workspace": b} for b in buffers])
+    for buffer in buffers:
+        np.testing.assert_array_equal(buffer.reshape(2, 6), table[ids])

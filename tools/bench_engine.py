@@ -93,7 +93,8 @@ def engine_paths(engines: dict[int, Any], id_sets: Sequence[np.ndarray], hidden:
 
         key = "engine_run" if tp_size == 1 else f"engine_run_tp{tp_size}"
         label = f"engine.run (tp {tp_size})" if device == "cpu" else f"engine.run (tp {tp_size}, host arrays)"
-        found.append(path_type(key, label, run, result, "full"))
+        # A vocab split sums each row with the other ranks' zero rows: -0.0 comes back as +0.0.
+        found.append(path_type(key, label, run, result, "full" if tp_size == 1 else "summed"))
         if tp_size == 1 and device == "cpu":
             found.insert(0, _out_path(engine, name, feeds, hidden, dtype, path_type))
     return found

@@ -7,6 +7,7 @@ every file with its checksum status. Exits non-zero, naming the bad files, when 
 missing, truncated or tampered with, or naming the field when the manifest is malformed or
 disagrees with its ONNX files. Nothing is loaded into ONNX Runtime. Given one segment
 ``.onnx``, it describes that model instead. ``--viz FILE`` also draws it (see ``graphbuild viz``).
+Names from the manifest are printed with control characters escaped.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Sequence
 
-from graphbuild.tools.common import CLIError, format_bytes, format_counts, format_shape, format_table
+from graphbuild.tools.common import CLIError, format_bytes, format_counts, format_shape, format_table, printable
 
 if TYPE_CHECKING:
     from graphbuild.engine.manifest import Manifest, RankPlan, TensorSpec
@@ -72,10 +73,10 @@ def _step_lines(rank: RankPlan) -> list[str]:
 
 def describe(manifest: Manifest, path: str, checks: list[tuple[str, str]]) -> str:
     """The text ``graphbuild inspect`` prints."""
-    custom = ", ".join(f"{op.domain}::{op.op_type} (since version {op.since_version})" for op in manifest.custom_ops)
+    custom = printable(", ".join(f"{op.domain}::{op.op_type} (since version {op.since_version})" for op in manifest.custom_ops))
     lines = [
-        f"engine '{manifest.name}' at {path}",
-        f"  format      {manifest.format} v{manifest.format_version} (graphbuild {manifest.graphbuild_version}), opset {manifest.opset if manifest.opset is not None else '?'}",
+        f"engine '{printable(manifest.name)}' at {printable(path)}",
+        f"  format      {printable(manifest.format)} v{manifest.format_version} (graphbuild {printable(manifest.graphbuild_version)}), opset {manifest.opset if manifest.opset is not None else '?'}",
         f"  tp_size     {manifest.tp_size}, tp_group {list(manifest.tp_group)}",
         f"  custom ops  {custom or 'none (standard ONNX only)'}",
         "",
@@ -89,7 +90,7 @@ def describe(manifest: Manifest, path: str, checks: list[tuple[str, str]]) -> st
     ]
     for ranks, rank in _same_steps(manifest.ranks):
         title = f"rank {ranks[0]} steps" if len(ranks) == 1 else f"ranks {_rank_list(ranks)} steps (the same up to the rank index; rank {ranks[0]}'s shown)"
-        lines += ["", title] + _step_lines(rank)
+        lines += ["", printable(title)] + _step_lines(rank)
     files = manifest.files
     total = sum(entry.size for entry in files.values())
     status = dict(checks)
@@ -110,7 +111,7 @@ def _same_steps(ranks: Sequence[RankPlan]) -> list[tuple[list[Any], RankPlan]]:
         index = rank.rank
         steps = []
         for step in rank.to_json()["steps"]:
-            step = dict(step, attrs={k: v for k, v in (step.get("attrs") or {}).items() if k != "rank"})
+            step = dict(step, attrs={k: v for k, v in (step.get("attrs") or {}).items() if k not in ("rank", "tp_position")})
             if "file" in step:
                 step["file"] = str(step["file"]).replace(f"rank{index}/", "rank{R}/", 1)
             steps.append(step)
@@ -186,7 +187,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     _write_picture(args)
     bad = [f"{rel} ({state})" for rel, state in checks if state != "ok"]
     if bad:
-        raise CLIError(f"engine '{args.engine}' failed verification: {', '.join(bad)}; rebuild it")
+        raise CLIError(f"engine '{printable(args.engine)}' failed verification: {printable(', '.join(bad))}; rebuild it")
     if mismatch:
         raise CLIError(mismatch)
     return 0

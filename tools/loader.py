@@ -7,8 +7,10 @@ calling it with the keyword arguments it accepts.
   ``sys.path`` first, as ``python -m`` would).
 - Without ``:FUNCTION`` the function is ``make_network``.
 
-``--set key=value`` values are parsed as bool (``true``/``false``), ``none``, int, float, or kept as a
-string, in that order.
+``--set key=value`` values are converted to the type the function's annotation names for that
+parameter (``int``, ``float``, ``bool``, ``str``, ``Optional[...]``, ``Literal[...]``, unions of
+these, and path types); an unannotated parameter (or one taken through ``**kwargs``) gets a guess:
+bool (``true``/``false``), ``none``, int, float, or else the string, in that order.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import importlib.util
 import inspect
 import os
 import sys
-from pathlib import Path
+import types
+import typing
+from pathlib import Path, PurePath
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from graphbuild.errors import GraphBuildError
@@ -64,9 +68,14 @@ def _load_file(path: Path) -> Any:
         raise
     except SyntaxError as exc:
         raise CLIError(f"{path}, line {exc.lineno}: syntax error: {exc.msg}") from exc
+    except SystemExit as exc:
+        raise CLIError(f"{path}: executing the file called sys.exit({exc.code!r}); {_NO_EXIT}") from exc
     except Exception as exc:
         raise CLIError(f"{path}: executing the file raised {type(exc).__name__}: {exc}") from exc
     return module
+
+
+_NO_EXIT = "nothing was built (guard a script's own command line with `if __name__ == \"__main__\":`)"
 
 
 def _import_module(name: str) -> Any:
@@ -78,6 +87,8 @@ def _import_module(name: str) -> Any:
         raise CLIError(f"importing '{name}' failed: {exc}") from exc
     except GraphBuildError:
         raise
+    except SystemExit as exc:
+        raise CLIError(f"importing '{name}' called sys.exit({exc.code!r}); {_NO_EXIT}") from exc
     except Exception as exc:
         raise CLIError(f"importing '{name}' raised {type(exc).__name__}: {exc}") from exc
 
@@ -104,7 +115,8 @@ def loaded_function(spec: str) -> Iterator[Callable[..., Any]]:
 
 
 def parse_value(text: str) -> Any:
-    """``"true"`` -> True, ``"none"`` -> None, ``"3"`` -> 3, ``"0.5"`` -> 0.5, else the string."""
+    """The guess for an unannotated parameter: ``"true"`` -> True, ``"none"`` -> None, ``"3"`` -> 3,
+    ``"0.5"`` -> 0.5, else the string."""
     lowered = text.strip().lower()
     if lowered in ("true", "false"):
         return lowered == "true"
@@ -118,15 +130,16 @@ def parse_value(text: str) -> Any:
     return text
 
 
-def parse_settings(items: Sequence[str]) -> dict[str, Any]:
-    """``["vocab_size=1000", "dtype=float16"]`` -> ``{"vocab_size": 1000, "dtype": "float16"}``.
+def parse_settings(items: Sequence[str]) -> dict[str, str]:
+    """``["vocab_size=1000", "dtype=float16"]`` -> ``{"vocab_size": "1000", "dtype": "float16"}``.
 
-    Dashes in keys become underscores (``vocab-size=1000``).
+    Values stay strings until ``convert_settings`` knows the function. Dashes in keys become
+    underscores (``vocab-size=1000``).
 
     Raises:
         CLIError: an item is not ``key=value``, the key is not an identifier, or is given twice.
     """
-    settings: dict[str, Any] = {}
+    settings: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
@@ -134,8 +147,108 @@ def parse_settings(items: Sequence[str]) -> dict[str, Any]:
             raise CLIError(f"bad --set '{item}': expected KEY=VALUE with KEY a Python identifier, e.g. --set vocab_size=1000")
         if key in settings:
             raise CLIError(f"--set {key} is given twice")
-        settings[key] = parse_value(value)
+        settings[key] = value
     return settings
+
+
+_TRUE, _FALSE, _NONE = ("true", "yes", "on", "1"), ("false", "no", "off", "0"), ("none", "null")
+
+
+def _annotations(func: Callable[..., Any]) -> dict[str, Any]:
+    """Parameter name -> annotation, resolved from strings (``from __future__ import annotations``)
+    where the names resolve; an annotation that does not resolve counts as absent."""
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return {}
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception:  # one unresolvable annotation: resolve the others one by one
+        hints = {}
+        namespace = getattr(func, "__globals__", {})
+        for name, param in params.items():
+            annotation = param.annotation
+            if isinstance(annotation, str):
+                try:
+                    annotation = eval(annotation, dict(namespace), {"typing": typing})  # noqa: S307 - the user's own annotation
+                except Exception:
+                    continue
+            hints[name] = annotation
+    return {name: hints[name] for name in params if name in hints and params[name].kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}
+
+
+def _type_name(annotation: Any) -> str:
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+
+
+def convert_value(text: str, annotation: Any) -> Any:
+    """``text`` as a value of ``annotation``.
+
+    Raises:
+        ValueError: the text is not such a value (the message says what is expected).
+    """
+    origin = typing.get_origin(annotation)
+    if annotation is Any or annotation is inspect.Parameter.empty:
+        return parse_value(text)
+    if origin is typing.Union or (hasattr(types, "UnionType") and origin is types.UnionType):
+        options = typing.get_args(annotation)
+        if type(None) in options and text.strip().lower() in _NONE:
+            return None
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return convert_value(text, option)
+            except ValueError:
+                continue
+        raise ValueError(f"expected {_type_name(annotation)}")
+    if origin is typing.Literal:
+        choices = typing.get_args(annotation)
+        for choice in choices:
+            if (isinstance(choice, bool) and text.strip().lower() in (_TRUE if choice else _FALSE)) or str(choice) == text:
+                return choice
+        raise ValueError(f"expected one of {', '.join(str(c) for c in choices)}")
+    if annotation is type(None):
+        if text.strip().lower() in _NONE:
+            return None
+        raise ValueError("expected none")
+    if annotation is bool:
+        lowered = text.strip().lower()
+        if lowered in _TRUE + _FALSE:
+            return lowered in _TRUE
+        raise ValueError("expected a bool (true or false)")
+    if annotation is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError("expected an int") from None
+    if annotation is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError("expected a float") from None
+    if annotation is str:
+        return text
+    if isinstance(annotation, type) and issubclass(annotation, (PurePath, os.PathLike)):
+        return annotation(text)
+    raise ValueError(f"a {_type_name(annotation)} cannot be given on the command line (it takes int, float, bool, str, Optional[...] and Literal[...])")
+
+
+def convert_settings(func: Callable[..., Any], settings: Mapping[str, str]) -> dict[str, Any]:
+    """``--set`` values converted by ``func``'s annotations (``dtype: str`` keeps ``"16"`` a string).
+
+    Raises:
+        CLIError: a value that is not of its parameter's type, naming the parameter and the type.
+    """
+    annotations = _annotations(func)
+    converted: dict[str, Any] = {}
+    for key, text in settings.items():
+        if key not in annotations:
+            converted[key] = parse_value(text)
+            continue
+        try:
+            converted[key] = convert_value(text, annotations[key])
+        except ValueError as exc:
+            raise CLIError(f"--set {key}={text}: parameter '{key}' of {getattr(func, '__name__', 'the function')} is {_type_name(annotations[key])}: {exc}") from None
+    return converted
 
 
 def describe_signature(func: Callable[..., Any]) -> str:
@@ -176,6 +289,8 @@ def call_with_kwargs(func: Callable[..., Any], kwargs: Mapping[str, Any]) -> Any
         return func(**kwargs)
     except GraphBuildError:
         raise
+    except SystemExit as exc:
+        raise CLIError(f"{where} called sys.exit({exc.code!r}); it must return a network") from exc
     except Exception as exc:
         raise CLIError(f"{where} raised {type(exc).__name__}: {exc}") from exc
 

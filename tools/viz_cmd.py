@@ -51,16 +51,18 @@ def _target(args: argparse.Namespace) -> Any:
         if not os.path.exists(args.target):
             raise CLIError(f"'{args.target}' does not exist")
         return args.target
-    from graphbuild.tools.loader import as_networks, call_with_kwargs, describe_signature, loaded_function, parse_settings
+    from graphbuild.tools.loader import as_networks, call_with_kwargs, convert_settings, describe_signature, loaded_function, parse_settings
 
-    kwargs = parse_settings(args.settings)
+    settings = parse_settings(args.settings)
     if args.tp_size is not None:
         if args.tp_size < 1:
             raise CLIError(f"--tp-size must be at least 1, got {args.tp_size}")
-        if "tp_size" in kwargs:
+        if "tp_size" in settings:
             raise CLIError("tp_size is given both with --tp-size and --set; use one")
-        kwargs["tp_size"] = args.tp_size
     with loaded_function(args.target) as func:
+        kwargs = convert_settings(func, settings)  # typed by the function's annotations, as for build
+        if args.tp_size is not None:
+            kwargs["tp_size"] = args.tp_size
         return as_networks(call_with_kwargs(func, kwargs), f"{args.target} ({describe_signature(func)})")
 
 

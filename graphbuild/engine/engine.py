@@ -16,9 +16,11 @@ import numpy as np
 from graphbuild.engine.consistency import check_segments
 from graphbuild.engine.files import PinnedEngineDir, check_files, load_pinned, read_manifest
 from graphbuild.engine.manifest import MANIFEST, Manifest
+from graphbuild.engine.path_limits import check_path_limits
 from graphbuild.errors import EngineError, InputError
 from graphbuild.plugin import DOMAIN, TP_EMBEDDING
 from graphbuild.runtime.feeds import FeedValidator
+from graphbuild.runtime.ort_check import check_runtime
 from graphbuild.runtime.protocol import Executor, ExecutorFactory, ExecutorRequest
 from graphbuild.runtime.schedule import Schedule
 from graphbuild.runtime.session import check_providers, check_threads
@@ -114,6 +116,8 @@ class Engine:
             ConfigurationError: bad ``providers`` or ``intra_op_threads`` (or the environment
                 variables ``GRAPHBUILD_PROVIDERS``, ``GRAPHBUILD_ORT_LOG_SEVERITY``), checked first.
         """
+        check_runtime()
+        check_path_limits(path)
         root = Path(path)
         providers = check_providers(providers) if isinstance(executor, str) else providers
         intra_op_threads = check_threads(intra_op_threads)

@@ -32,6 +32,7 @@ from typing import Callable, Iterator, Optional
 from graphbuild.engine.files import sha256_file
 from graphbuild.engine.leftovers import BUILDING, REPLACED, clean_leftovers, leftover_prefix
 from graphbuild.engine.manifest import FORMAT, FORMAT_VERSION, MANIFEST, FileEntry, Manifest
+from graphbuild.engine.path_limits import check_engine_target
 from graphbuild.engine.renames import RENAME_EXCHANGE, NoRenameat2, rename_noreplace, renameat2
 from graphbuild.errors import EngineError
 
@@ -168,6 +169,7 @@ def write_engine(target: Path, manifest: Manifest, write_files: Callable[[Path],
             not a graphbuild engine; or writing failed (nothing is left behind).
     """
     target = Path(target)
+    check_engine_target(target)
     clean_leftovers(target)
     _prepare_target(target, overwrite)
     try:

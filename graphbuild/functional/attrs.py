@@ -11,6 +11,7 @@ from graphbuild.errors import GraphConstructionError
 from graphbuild.ir.network import Network, as_value
 from graphbuild.ir.node import Node
 from graphbuild.ops.registry import create_node
+from graphbuild.ops.schema import is_int
 
 
 def plain(value: Any) -> Any:
@@ -30,14 +31,24 @@ def add_op(op: str, inputs: Sequence[Any], attrs: Optional[dict[str, Any]] = Non
     return create_node(values[0].network, op, values, {k: plain(v) for k, v in (attrs or {}).items()}, name=name)
 
 
-def claim_instance_id(what: str, net: Network, instance_id: Optional[int]) -> int:
-    """``instance_id`` after checking no node of ``net`` uses it yet, or a fresh one when None.
+def claim_instance_id(what: str, net: Network, instance_id: Any, where: str = "") -> int:
+    """``instance_id`` after checking it is an int that no node of ``net`` uses yet, or a fresh one
+    when None.
+
+    Args:
+        what: the op, for messages (``"embedding 'wte'"``).
+        net: the network the node joins.
+        instance_id: the requested id, or None.
+        where: the creation site (`` (created at model.py:12 in build)``), appended to messages.
 
     Raises:
-        GraphConstructionError: another node of ``net`` already has this ``instance_id``.
+        GraphConstructionError: not an int (bools, floats and strings are refused), or another node
+            of ``net`` already has this ``instance_id``.
     """
     if instance_id is None:
         return net.new_instance_id()
-    if net.uses_instance_id(instance_id):
-        raise GraphConstructionError(f"{what}: instance_id={instance_id} is already used in network '{net.name}'")
+    if not is_int(instance_id):
+        raise GraphConstructionError(f"{what}: instance_id must be an int, got {instance_id!r} ({type(instance_id).__name__}){where}")
+    if net.uses_instance_id(int(instance_id)):
+        raise GraphConstructionError(f"{what}: instance_id={instance_id} is already used in network '{net.name}'{where}")
     return int(instance_id)

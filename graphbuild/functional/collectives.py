@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Optional, Sequence
 from graphbuild.errors import GraphConstructionError
 from graphbuild.functional.attrs import add_op, claim_instance_id
 from graphbuild.ir.network import as_value
+from graphbuild.ir.node import format_origin, user_frame
+from graphbuild.ops.registry import get_op
 
 if TYPE_CHECKING:
     from graphbuild.tensor import Tensor
@@ -14,12 +16,16 @@ if TYPE_CHECKING:
 
 def _collective(op: str, tensor: Tensor, group: Sequence[int], instance_id: Optional[int], workspace: Optional[Tensor], attrs: dict, name: Optional[str]) -> Tensor:
     net = as_value(tensor).network
-    group = tuple(group)
+    what = f"{op} '{name}'" if name else op
+    where = format_origin(user_frame())
+    group = tuple(group) if isinstance(group, (list, tuple, range)) else group
+    checked = get_op(op).check_attrs({"group": group, "instance_id": 0, **attrs}, what, where)
+    group = checked["group"]
     if not group or len(set(group)) != len(group):
-        raise GraphConstructionError(f"{op}: group {list(group)} must list distinct ranks")
-    instance_id = claim_instance_id(op, net, instance_id)
+        raise GraphConstructionError(f"{what}: group {list(group)} must list distinct ranks{where}")
+    checked["instance_id"] = claim_instance_id(what, net, instance_id, where)
     inputs = [tensor] + ([workspace] if workspace is not None else [])
-    return add_op(op, inputs, {"group": group, "instance_id": instance_id, "rank": None, **attrs}, name=name).output.tensor()
+    return add_op(op, inputs, checked, name=name).output.tensor()
 
 
 def allreduce(tensor: Tensor, group: Sequence[int], *, instance_id: Optional[int] = None, workspace: Optional[Tensor] = None, name: Optional[str] = None) -> Tensor:
@@ -56,5 +62,5 @@ def allgather(
         workspace: optional preallocated buffer to write the result into.
         name: node name.
     """
-    attrs = {"axis": axis, "sizes": None if sizes is None else tuple(int(s) for s in sizes)}
+    attrs = {"axis": axis, "sizes": None if sizes is None else tuple(sizes) if isinstance(sizes, (list, tuple, range)) else sizes}
     return _collective("allgather", tensor, group, instance_id, workspace, attrs, name)

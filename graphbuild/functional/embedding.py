@@ -2,37 +2,41 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from graphbuild.errors import GraphConstructionError
 from graphbuild.functional.attrs import add_op, claim_instance_id
 from graphbuild.ir.network import as_value
-from graphbuild.sharding import hidden_split_sizes, vocab_shard_rows
+from graphbuild.ir.node import format_origin, user_frame
+from graphbuild.ops.registry import get_op
+from graphbuild.ops.schema import is_int
 
 if TYPE_CHECKING:
     from graphbuild.tensor import Tensor
 
-OUT_OF_RANGE_MODES = ("error", "zero")
 
-
-def check_tp_group(what: str, tp_size: int, tp_group: Optional[Sequence[int]], tp_rank: Optional[int]) -> tuple[int, ...]:
+def check_tp_group(what: str, tp_size: Any, tp_group: Optional[Sequence[int]], tp_rank: Any, where: str = "") -> tuple[int, ...]:
     """The ranks taking part (``tp_group``, default ``range(tp_size)``) after checking the TP arguments.
+
+    Integers are Python or numpy ints, never bools or floats.
 
     Raises:
         GraphConstructionError: ``tp_size`` is not a positive int, ``tp_group`` does not list
             ``tp_size`` distinct non-negative ranks, or ``tp_rank`` is not one of them.
     """
-    if isinstance(tp_size, bool) or not isinstance(tp_size, int) or tp_size < 1:
-        raise GraphConstructionError(f"{what}: tp_size must be a positive int, got {tp_size!r}")
+    if not is_int(tp_size) or tp_size < 1:
+        raise GraphConstructionError(f"{what}: tp_size must be a positive int, got {tp_size!r}{where}")
+    tp_size = int(tp_size)
     group = tuple(range(tp_size)) if tp_group is None else tuple(tp_group)
-    if any(isinstance(r, bool) or not isinstance(r, int) or r < 0 for r in group):
-        raise GraphConstructionError(f"{what}: tp_group must list non-negative int ranks, got {list(group)}")
+    if any(not is_int(r) or r < 0 for r in group):
+        raise GraphConstructionError(f"{what}: tp_group must list non-negative int ranks, got {list(group)}{where}")
+    group = tuple(int(r) for r in group)
     if len(group) != tp_size:
-        raise GraphConstructionError(f"{what}: tp_group {list(group)} has {len(group)} ranks but tp_size={tp_size}")
+        raise GraphConstructionError(f"{what}: tp_group {list(group)} has {len(group)} ranks but tp_size={tp_size}{where}")
     if len(set(group)) != len(group):
-        raise GraphConstructionError(f"{what}: tp_group {list(group)} names a rank twice")
-    if tp_rank is not None and tp_rank not in group:
-        raise GraphConstructionError(f"{what}: tp_rank={tp_rank} is outside tp_group {list(group)} (tp_size={tp_size})")
+        raise GraphConstructionError(f"{what}: tp_group {list(group)} names a rank twice{where}")
+    if tp_rank is not None and (not is_int(tp_rank) or tp_rank not in group):
+        raise GraphConstructionError(f"{what}: tp_rank={tp_rank!r} is outside tp_group {list(group)} (tp_size={tp_size}){where}")
     return group
 
 
@@ -95,62 +99,24 @@ def embedding(
         A tensor of shape ``input.shape + (D,)`` and the table's dtype.
 
     Raises:
-        GraphConstructionError: inconsistent TP arguments or shapes, with the offending values.
+        GraphConstructionError: inconsistent TP arguments or shapes, with the offending values and
+            the line that called ``embedding``. Integer arguments are Python or numpy ints
+            (never bools, floats or strings).
     """
     ids, table = as_value(input), as_value(weight)
-    net = ids.network
     what = f"embedding '{name}'" if name else "embedding"
-    if sharding_dim not in (0, 1):
-        raise GraphConstructionError(f"{what}: sharding_dim must be 0 (vocab) or 1 (hidden), got {sharding_dim!r}")
-    if out_of_range not in OUT_OF_RANGE_MODES:
-        raise GraphConstructionError(f"{what}: out_of_range must be 'error' or 'zero', got {out_of_range!r}")
-    group = check_tp_group(what, tp_size, tp_group, tp_rank)
-    if table.rank != 2:
-        raise GraphConstructionError(f"{what}: weight must be 2-D [vocab, hidden], got shape {table.shape}")
-    rows, cols = table.shape
-    if not isinstance(rows, int) or not isinstance(cols, int):
-        raise GraphConstructionError(f"{what}: weight shape {table.shape} must be static")
-
-    if tp_rank is None:
-        vocab = rows if vocab_size is None else vocab_size
-        if not 0 < vocab <= rows:
-            raise GraphConstructionError(f"{what}: vocab_size={vocab} must be in [1, {rows}] for a table of {rows} rows")
-        dim = cols if embedding_dim is None else embedding_dim
-        if dim != cols:
-            raise GraphConstructionError(f"{what}: embedding_dim={dim} disagrees with the table's {cols} columns")
-        if sharding_dim == 1 and cols < tp_size:
-            raise GraphConstructionError(f"{what}: hidden size {cols} is smaller than tp_size={tp_size}; every rank needs a column")
-    elif sharding_dim == 0:
-        vocab = rows * tp_size if vocab_size is None else vocab_size
-        if vocab_shard_rows(vocab, tp_size) != rows:
-            raise GraphConstructionError(
-                f"{what}: a vocab shard of {rows} rows does not fit vocab_size={vocab} over tp_size={tp_size} "
-                f"(expected ceil({vocab}/{tp_size}) = {vocab_shard_rows(vocab, tp_size)} rows)"
-            )
-        dim = cols if embedding_dim is None else embedding_dim
-        if dim != cols:
-            raise GraphConstructionError(f"{what}: embedding_dim={dim} disagrees with the shard's {cols} columns")
-    else:
-        vocab = rows if vocab_size is None else vocab_size
-        if not 0 < vocab <= rows:
-            raise GraphConstructionError(f"{what}: vocab_size={vocab} must be in [1, {rows}] for a shard of {rows} rows")
-        dim = cols * tp_size if embedding_dim is None else embedding_dim
-        expected = hidden_split_sizes(dim, tp_size)[group.index(tp_rank)]
-        if expected != cols:
-            raise GraphConstructionError(
-                f"{what}: rank {tp_rank} of a hidden split of {dim} over tp_size={tp_size} holds {expected} columns, "
-                f"but the shard has {cols}"
-            )
-
-    inputs = [ids, table] + ([workspace] if workspace is not None else [])
-    attrs = {
+    where = format_origin(user_frame())
+    raw = {
         "tp_size": tp_size,
-        "tp_group": group,
+        "tp_group": None if tp_group is None else tuple(tp_group) if isinstance(tp_group, (list, tuple, range)) else tp_group,
         "sharding_dim": sharding_dim,
         "tp_rank": tp_rank,
-        "instance_id": claim_instance_id(what, net, instance_id),
-        "vocab_size": int(vocab),
-        "embedding_dim": int(dim),
+        "instance_id": instance_id,
+        "vocab_size": vocab_size,
+        "embedding_dim": embedding_dim,
         "out_of_range": out_of_range,
     }
+    attrs = get_op("embedding").check_attrs(raw, what, where)
+    attrs["instance_id"] = claim_instance_id(what, ids.network, attrs["instance_id"], where)
+    inputs = [ids, table] + ([workspace] if workspace is not None else [])
     return add_op("embedding", inputs, attrs, name=name).output.tensor()

@@ -60,6 +60,12 @@ def _check_shape(shape: Iterable[Any], what: str) -> Shape:
     return tuple(dims)
 
 
+def _check_name(name: Any, what: str, network: str) -> None:
+    """Names are non-empty strings (ONNX refuses an empty tensor name)."""
+    if not isinstance(name, str) or not name:
+        raise GraphConstructionError(f"network '{network}': {what} name must be a non-empty string, got {name!r}")
+
+
 class Network:
     """A symbolic network: what users build and passes transform.
 
@@ -140,6 +146,7 @@ class Network:
         Raises:
             GraphConstructionError: the name is taken or the shape is malformed.
         """
+        _check_name(name, "input", self.name)
         if name in self.value_names:
             raise GraphConstructionError(f"network '{self.name}': input name '{name}' is already used")
         value = Value(self, self.value_names.claim(name), dtypes.as_dtype(dtype), _check_shape(shape, f"input '{name}'"))
@@ -150,17 +157,32 @@ class Network:
         """Adds a constant (an initializer in ONNX terms) holding a copy-free view of ``array``.
 
         Args:
-            array: array-like; its numpy dtype must be one of graphbuild's dtypes unless ``dtype``
-                is given.
+            array: array-like; a numpy array's dtype must be one of graphbuild's dtypes unless
+                ``dtype`` is given (graphbuild has no float64: a float64 array is refused rather
+                than computed in float32 behind the user's back). Python numbers and lists of them
+                become float32 (floats) or int64 (ints).
             name: a hierarchical name such as ``"wte.weight"``; generated when omitted.
             dtype: converts the array to this dtype first.
+
+        Raises:
+            GraphConstructionError: a float64 numpy array without ``dtype``, a dtype graphbuild
+                does not have, or a bad or taken name.
         """
         data = np.asarray(array)
         if dtype is not None:
             data = data.astype(dtypes.as_dtype(dtype).numpy, copy=False)
         elif data.dtype == np.float64:
+            if isinstance(array, (np.ndarray, np.generic)):
+                what = f"constant '{name}'" if name else "a constant"
+                raise GraphConstructionError(
+                    f"network '{self.name}': {what} is a float64 array of shape {data.shape}; graphbuild computes in "
+                    "float32, float16 or bfloat16 and does not narrow float64 silently: convert it "
+                    "(array.astype(np.float32)) or pass dtype='float32'"
+                )
             data = data.astype(np.float32)
         dt = dtypes.as_dtype(data.dtype)
+        if name is not None:
+            _check_name(name, "constant", self.name)
         if name is not None and name in self.value_names:
             raise GraphConstructionError(f"network '{self.name}': constant name '{name}' is already used")
         vname = self.value_names.claim(name) if name is not None else self.value_names.numbered(self._scoped("const"))
@@ -175,6 +197,8 @@ class Network:
             raise GraphConstructionError(
                 f"network '{self.name}': cannot mark {value.describe()} as output, it belongs to network '{value.network.name}'"
             )
+        if name is not None:
+            _check_name(name, "output", self.name)
         out_name = name or value.name
         if out_name in self.outputs:
             raise GraphConstructionError(f"network '{self.name}': output name '{out_name}' is already used")
@@ -238,7 +262,24 @@ class Network:
 
     # ----------------------------------------------------------------------------- editing
     def replace_all_uses(self, old: Value, new: Value) -> None:
-        """Redirects every reader of ``old`` (nodes and graph outputs) to ``new``."""
+        """Redirects every reader of ``old`` (nodes and graph outputs) to ``new``.
+
+        Raises:
+            GraphConstructionError: ``new`` belongs to another network, or is computed from
+                ``old`` (the readers of ``old`` on the way to ``new`` would read their own results:
+                a cycle). Nothing is changed then.
+        """
+        if new.network is not self or old.network is not self:
+            other = new if new.network is not self else old
+            raise GraphConstructionError(f"network '{self.name}': cannot replace with {other.describe()}, it belongs to network '{other.network.name}'")
+        path = _dependency_path(new, old)
+        if path is not None:
+            chain = " -> ".join(node.describe() for node in path)
+            raise GraphConstructionError(
+                f"network '{self.name}': replacing {old.describe()} by {new.describe()} would make a cycle: {new.describe()} is "
+                f"computed from {old.describe()} through {chain}; redirect only the readers that are not on that path "
+                f"(node.replace_input(index, value)){path[-1].where()}"
+            )
         for node, index in list(old._uses):
             node.replace_input(index, new)
         for out_name, value in self.outputs.items():
@@ -292,6 +333,12 @@ class Network:
             clone = Value(twin, twin.value_names.claim(value.name), value.dtype, value.shape, const=value.const)
             mapping[id(value)] = twin.constants[value.name] = clone
         for node in self.nodes:
+            missing = [v for v in node.inputs if v is not None and id(v) not in mapping]
+            if missing:
+                raise GraphConstructionError(
+                    f"network '{self.name}': cannot copy {node.describe()}: it reads {missing[0].describe()} before it is defined "
+                    f"(misordered nodes or a cycle; graphbuild.passes.verify_network lists the problems){node.where()}"
+                )
             inputs = tuple(None if v is None else mapping[id(v)] for v in node.inputs)
             clone_node = Node(twin, node.op, node.domain, twin.node_names.claim(node.name), inputs, dict(node.attrs), node.origin)
             clone_node.meta = dict(node.meta)
@@ -360,6 +407,32 @@ class Network:
         from graphbuild.ir.printer import format_network
 
         return format_network(self)
+
+
+def _dependency_path(value: Value, ancestor: Value) -> Optional[list[Node]]:
+    """The nodes through which ``value`` is computed from ``ancestor`` (first reader of ``ancestor``
+    first), or None when it is not."""
+    if value is ancestor:
+        return None
+    came_from: dict[int, Optional[Node]] = {}
+    todo: list[tuple[Value, Optional[Node]]] = [(value, None)]
+    seen: set[int] = set()
+    while todo:
+        current, reader = todo.pop()
+        producer = current.producer
+        if producer is None or id(producer) in seen:
+            continue
+        seen.add(id(producer))
+        came_from[id(producer)] = reader
+        for source in producer.inputs:
+            if source is ancestor:
+                path = [producer]
+                while came_from[id(path[-1])] is not None:
+                    path.append(came_from[id(path[-1])])
+                return path
+            if source is not None:
+                todo.append((source, producer))
+    return None
 
 
 def is_value_like(x: Any) -> bool:

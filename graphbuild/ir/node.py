@@ -25,6 +25,14 @@ def user_frame(skip_dirs: tuple[str, ...] = _INTERNAL_DIRS) -> Optional[tuple[st
     return None
 
 
+def format_origin(origin: Optional[tuple[str, int, str]]) -> str:
+    """`` (created at model.py:12 in make_network)`` for a creation site, or an empty string."""
+    if origin is None:
+        return ""
+    filename, line, function = origin
+    return f" (created at {os.path.basename(filename)}:{line} in {function})"
+
+
 class Node:
     """An op application inside one network.
 
@@ -90,10 +98,7 @@ class Node:
 
     def where(self) -> str:
         """`` (created at model.py:12 in make_network)`` or an empty string."""
-        if self.origin is None:
-            return ""
-        filename, line, function = self.origin
-        return f" (created at {os.path.basename(filename)}:{line} in {function})"
+        return format_origin(self.origin)
 
     def __repr__(self) -> str:
         ins = ", ".join("None" if v is None else v.name for v in self.inputs)

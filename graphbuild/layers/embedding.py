@@ -15,6 +15,7 @@ from graphbuild.functional.shape import arange_like, unsqueeze
 from graphbuild.ir.network import as_value
 from graphbuild.layers.module import Module, Parameter
 from graphbuild.layers.parallel import init_skipped
+from graphbuild.ops.schema import is_int
 from graphbuild.sharding import hidden_split_sizes, shard_table, vocab_shard_rows
 from graphbuild.tensor import Tensor
 
@@ -105,6 +106,8 @@ class Embedding(Module):
         if not self.dtype.is_float:
             raise GraphConstructionError(f"{what}: dtype must be float32, float16 or bfloat16, got {self.dtype}")
         if padding_idx is not None:
+            if not is_int(padding_idx):
+                raise GraphConstructionError(f"{what}: padding_idx must be an int, got {padding_idx!r} ({type(padding_idx).__name__})")
             if not -self.num_embeddings <= padding_idx < self.num_embeddings:
                 raise GraphConstructionError(
                     f"{what}: padding_idx={padding_idx} must be within num_embeddings "
@@ -112,11 +115,11 @@ class Embedding(Module):
                 )
             padding_idx = int(padding_idx) % self.num_embeddings
         self.padding_idx = padding_idx
-        if sharding_dim not in (0, 1):
+        if not is_int(sharding_dim) or sharding_dim not in (0, 1):
             raise GraphConstructionError(f"{what}: sharding_dim must be 0 (vocab) or 1 (hidden), got {sharding_dim!r}")
         self.tp_group = check_tp_group(what, tp_size, tp_group, tp_rank)
-        self.tp_size = tp_size
-        self.sharding_dim = sharding_dim
+        self.tp_size = int(tp_size)
+        self.sharding_dim = int(sharding_dim)
         self.tp_rank = tp_rank
         self.sparse = bool(sparse)
         self.scale_grad_by_freq = bool(scale_grad_by_freq)

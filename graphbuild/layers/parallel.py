@@ -17,8 +17,8 @@ network; ``gb.build([net_rank0, net_rank1, ...], path)`` compiles them into one 
 
 With ``tp_size == 1`` no rank is needed. Layers that emit collectives (``ColumnLinear`` with
 ``gather_output``, ``RowLinear``, ``LMHead``) record the rank in the network's meta
-(``tp_rank`` = position in ``tp_group``, ``tp_size``, ``tp_group``), which is how the partition
-pass recognises a rank-local network that has no rank-local embedding.
+(``tp_position`` = the position of ``tp_rank`` in ``tp_group``, ``tp_size``, ``tp_group``), which
+is how the partition pass recognises a rank-local network that has no rank-local embedding.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def mark_rank_local(what: str, net: Network, tp_size: int, group: tuple[int, ...
     if tp_rank is None or tp_size == 1:
         return
     position = group.index(tp_rank)
-    mine = {"tp_rank": position, "tp_size": tp_size, "tp_group": tuple(group)}
+    mine = {"tp_position": position, "tp_size": tp_size, "tp_group": tuple(group)}
     for key, value in mine.items():
         have = net.meta.get(key)
         if have is not None and (tuple(have) if key == "tp_group" else have) != value:

@@ -1,6 +1,12 @@
-"""Op definitions, grouped by family; importing this package registers every op."""
+"""Op definitions, one family per module; importing this package imports every module of it, so
+an op registers itself by living here (see ``docs/adding-an-op.md``)."""
 
-from graphbuild.ops import collectives, elementwise, embedding, generate, math_ops, nn, reduce, shape  # noqa: F401
-from graphbuild.ops.registry import LoweringContext, OpDef, TensorType, create_node, get_op, register, registered_ops
+import importlib
+import pkgutil
 
-__all__ = ["LoweringContext", "OpDef", "TensorType", "create_node", "get_op", "register", "registered_ops"]
+from graphbuild.ops.registry import LoweringContext, OpDef, RankContext, TensorType, TPClaim, create_node, get_op, register, registered_ops
+
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    importlib.import_module(f"{__name__}.{_module}")
+
+__all__ = ["LoweringContext", "OpDef", "RankContext", "TPClaim", "TensorType", "create_node", "get_op", "register", "registered_ops"]

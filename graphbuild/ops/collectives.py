@@ -6,8 +6,12 @@ segments. ``combine`` gives their numpy semantics, shared by the reference inter
 in-process executor.
 
 Attributes: ``group`` (ranks taking part, in rank order), ``instance_id`` (identity matched across
-ranks, unique within a network), ``rank`` (this network's position in ``group``, or None), and
-for ``allgather`` ``axis`` and ``sizes`` (each rank's extent along ``axis``; None when equal).
+ranks, unique within a network), ``tp_position`` (this network's position in ``group``, set by the
+partition; None before), and for ``allgather`` ``axis`` and ``sizes`` (each rank's extent along
+``axis``; None when equal).
+
+Partition rule: a collective in a logical network is refused (the partition inserts the
+collectives a logical network needs); in a rank-local network it is kept, with ``tp_position`` set.
 """
 
 from __future__ import annotations
@@ -16,8 +20,17 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from graphbuild.errors import ExecutionError, ShapeInferenceError
-from graphbuild.ops.registry import OpDef, TensorType, register
+from graphbuild.errors import ExecutionError, PartitionError, ShapeInferenceError
+from graphbuild.ops.registry import OpDef, RankContext, TensorType, TPClaim, register
+from graphbuild.ops.schema import Attr, AttrSchema
+
+_COMMON = {
+    "group": Attr("ints", minimum=0),
+    "instance_id": Attr("int"),
+    "tp_position": Attr("int", default=None, optional=True, minimum=0),
+}
+ALLREDUCE_ATTRS = AttrSchema(**_COMMON, reduce=Attr("str", default="sum"))
+ALLGATHER_ATTRS = AttrSchema(**_COMMON, axis=Attr("int", default=-1), sizes=Attr("ints", default=None, optional=True, minimum=0))
 
 
 def _single_rank(node: Any, inputs: Sequence[Optional[np.ndarray]]) -> list[np.ndarray]:
@@ -27,6 +40,25 @@ def _single_rank(node: Any, inputs: Sequence[Optional[np.ndarray]]) -> list[np.n
             "(gb.reference.run_ranks or an engine)"
         )
     return [inputs[0]]
+
+
+def _claim(node: Any) -> TPClaim:
+    group = tuple(node.attrs["group"])
+    return TPClaim(len(group), group, node.attrs.get("tp_position"))
+
+
+def _partition(ctx: RankContext, node: Any) -> Sequence[Any]:
+    """Refused in a logical network; kept with ``tp_position`` in a rank-local one."""
+    if ctx.logical:
+        raise PartitionError(
+            f"{node.describe()}: explicit collectives belong in rank-local networks, but network '{ctx.source.name}' is logical "
+            "(no embedding carries tp_rank); remove it (the partition pass inserts collectives itself) or build rank-local "
+            f"networks, one per rank (embeddings with tp_rank, or net.meta['tp_position'] = the position in the group){node.where()}"
+        )
+    return ctx.replicate(node, {**node.attrs, "tp_position": ctx.position})
+
+
+_TP = {"tp_claim": _claim, "partition": _partition, "workspace_input": 1}
 
 
 def _fits(out: Optional[np.ndarray], shape: tuple[int, ...], dtype: np.dtype) -> Optional[np.ndarray]:
@@ -68,6 +100,8 @@ register(
         domain="graphbuild",
         foldable=False,
         doc="sum over the ranks of tp_group",
+        attrs=ALLREDUCE_ATTRS,
+        **_TP,
     )
 )
 
@@ -85,9 +119,9 @@ def _infer_allgather(node: Any) -> Sequence[TensorType]:
     if sizes is not None:
         if len(sizes) != len(group):
             raise ShapeInferenceError(f"sizes {list(sizes)} must have one entry per rank of group {list(group)}")
-        rank = attrs.get("rank")
-        if rank is not None and isinstance(dim, int) and dim != sizes[rank]:
-            raise ShapeInferenceError(f"rank {rank} contributes {dim} along axis {axis}, but sizes says {sizes[rank]}")
+        position = attrs.get("tp_position")
+        if position is not None and isinstance(dim, int) and dim != sizes[position]:
+            raise ShapeInferenceError(f"the rank at position {position} contributes {dim} along axis {axis}, but sizes says {sizes[position]}")
         total: Any = int(sum(sizes))
     elif isinstance(dim, int):
         total = dim * len(group)
@@ -123,5 +157,7 @@ register(
         domain="graphbuild",
         foldable=False,
         doc="concatenation over the ranks of tp_group along an axis",
+        attrs=ALLGATHER_ATTRS,
+        **_TP,
     )
 )

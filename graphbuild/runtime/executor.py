@@ -103,7 +103,7 @@ class LocalExecutor:
         return self._run(feeds, None, self.ranks)
 
     def _run(self, feeds: Mapping[str, np.ndarray], out: Optional[Mapping[str, np.ndarray]], ranks: Sequence[int]) -> list[dict[str, np.ndarray]]:
-        key = tuple(array.shape for array in feeds.values())
+        key = tuple([array.shape for array in feeds.values()])
         with self._lock:
             plan = self._plans.get(key)
             if plan is None:

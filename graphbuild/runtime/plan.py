@@ -22,6 +22,7 @@ A ``workspace`` input of a collective receives a copy of the collective's result
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -31,13 +32,15 @@ from graphbuild import dtypes
 from graphbuild.errors import ExecutionError, GraphBuildError, InputError, OutOfRangeIdError
 from graphbuild.plugin import format_out_of_range, parse_out_of_range
 from graphbuild.runtime.collectives import CollectiveRun, HostCopy, SessionCache
+from graphbuild.runtime.ort_check import detached_outputs
 from graphbuild.runtime.ortvalues import allocate, host_view, to_ortvalue, write_into
 from graphbuild.runtime.pool import Block, BufferPool
 from graphbuild.runtime.schedule import CollectiveStep, Schedule, SegmentStep
 
 #: Outputs at least this large come from a ``BufferPool`` and, on CPU, are written straight into
-#: the returned arrays; smaller ones are copied into fresh arrays, which costs less.
-DIRECT_MIN_BYTES = 1 << 20
+#: the returned arrays; smaller ones are copied into fresh arrays, which costs less (the pool's
+#: bookkeeping, about a microsecond, is what copying some 64 KiB costs).
+DIRECT_MIN_BYTES = 64 << 10
 
 
 def translate_ort_error(exc: Exception, step: SegmentStep) -> GraphBuildError:
@@ -75,7 +78,7 @@ class SegmentRun:
         for name in check_names:
             self.binding.bind_output(name, "cpu")  # three int64s read on the host after each run
         self._execute()
-        produced = self.binding.get_outputs()
+        produced = detached_outputs(self.binding)
         self.binding.clear_binding_outputs()
         for name, value in zip(list(spec.outputs) + check_names, produced):
             self.binding.bind_ortvalue_output(name, value)  # later runs write into the same buffers
@@ -87,9 +90,20 @@ class SegmentRun:
 
     def _execute(self) -> None:
         try:
-            self.session.run_with_iobinding(self.binding)
+            self._call()
         except Exception as exc:  # onnxruntime's exception classes derive from Exception only
             raise translate_ort_error(exc, self.spec) from None
+
+    @functools.cached_property
+    def _call(self) -> Callable[[], None]:
+        """Runs the session on the binding. The public ``run_with_iobinding`` spends about a
+        microsecond in Python on WebGPU graph-capture checks that never apply here (CPU and CUDA
+        providers, no run options); call the binding's C++ entry point directly when this
+        onnxruntime has it (it has since 1.x), else the public method."""
+        native_session, native_binding = getattr(self.session, "_sess", None), getattr(self.binding, "_iobinding", None)
+        if native_binding is not None and callable(getattr(native_session, "run_with_iobinding", None)):
+            return functools.partial(native_session.run_with_iobinding, native_binding, None)
+        return functools.partial(self.session.run_with_iobinding, self.binding)
 
     def _check(self) -> None:
         for check, view in self.checks:
@@ -240,7 +254,7 @@ class Plan:
 
     def run(self, feeds: Mapping[str, np.ndarray], out: Optional[Mapping[str, np.ndarray]], ranks: Sequence[int]) -> list[dict[str, np.ndarray]]:
         """Runs the steps; returns the outputs of ``ranks`` (rank 0's into ``out`` where given)."""
-        wanted = self.check_out(out)
+        wanted = self.check_out(out) if out else {}
         self.load_feeds(feeds)
         written: dict[int, Any] = {}  # id(slot) -> the Block or out= array its segment writes into
         try:
@@ -255,13 +269,15 @@ class Plan:
                 run.bind_block(index, block)
             for step in self.runs:
                 step.run()
-            self.copy_workspaces(feeds)
+            if self.workspaces:
+                self.copy_workspaces(feeds)
             return self.results(wanted, ranks, written)
         finally:  # blocks not handed to the caller (an error, or ranks not asked for) go back
-            for slot in self.direct:
-                block = written.get(id(slot))
-                if isinstance(block, Block):
-                    slot.pool.put(block)  # type: ignore[union-attr]
+            if written:
+                for slot in self.direct:
+                    block = written.get(id(slot))
+                    if isinstance(block, Block):
+                        slot.pool.put(block)  # type: ignore[union-attr]
 
     def check_out(self, out: Optional[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """The caller's ``out=`` arrays after checking each against rank 0's output of its name."""
@@ -279,9 +295,11 @@ class Plan:
         for rank in ranks:
             result = {}
             for slot in self.slots[rank]:
-                target = wanted.get(slot.name) if rank == 0 else None
+                target = wanted.get(slot.name) if wanted and rank == 0 else None
                 where = written.get(id(slot)) if written else None
-                if where is not None and where is target:
+                if where is None and target is None and slot.pool is None and slot.view is not None:
+                    result[slot.name] = slot.view.copy()  # the common small output, first
+                elif where is not None and where is target:
                     result[slot.name] = target  # its segment wrote there
                 elif where is not None:  # written by its segment into a pooled block
                     if target is None:

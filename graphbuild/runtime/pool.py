@@ -1,12 +1,13 @@
 """Reused host memory for the arrays ``engine.run`` returns, the way ONNX Runtime's arena reuses its own.
 
 A fresh 64 MiB output array costs more than the lookup that fills it: the kernel has to fault in
-every page of new memory. A ``BufferPool`` keeps the memory of returned arrays instead: each array
-the caller gets is backed by a pooled block through a small lease object (the array's ``base``);
-when the caller drops the array and every view of it, the lease goes with it and puts the block
-back, and the next call writes into that block again, its pages already mapped. An array the caller
-still holds is never handed out again or written by a later call, so "returned arrays are yours"
-holds as it did with fresh arrays.
+every page of new memory. A ``BufferPool`` keeps the memory of returned arrays instead. Each array
+the caller gets is a view of a pooled block; once the caller has dropped it and every view of it,
+nothing refers to the block's memory any more, and the next call writes into that block again, its
+pages already mapped. Whether a block is free is read from the reference count of the array that
+owns its memory (every numpy view of it holds one reference), so handing an array out costs one view
+and no hook runs when it dies. An array the caller still holds is never handed out again or written
+by a later call, so "returned arrays are yours" holds as it did with fresh arrays.
 
 Each block is 64-byte aligned (as ONNX Runtime's CPU buffers) and keeps one ``OrtValue`` over its
 memory, made once, so binding it as a segment's output costs no allocation either.
@@ -14,8 +15,8 @@ memory, made once, so binding it as a segment's output costs no allocation eithe
 
 from __future__ import annotations
 
+import sys
 import threading
-from typing import Any, Optional
 
 import numpy as np
 import onnxruntime as ort
@@ -25,38 +26,27 @@ from graphbuild.runtime.ortvalues import aligned_empty, to_ortvalue
 
 
 class Block:
-    """One pooled buffer: a typed array over aligned memory and (made on first use) its OrtValue."""
+    """One pooled buffer: a typed array over aligned memory and an OrtValue sharing it.
 
-    __slots__ = ("array", "interface", "_ortvalue")
+    Attributes:
+        array: the block's typed array (the pool's own view; the caller gets other views).
+        ortvalue: an OrtValue over the same memory, for binding it as a segment output.
+        taken: lent to a call that has not handed it out or put it back yet.
+    """
+
+    __slots__ = ("array", "ortvalue", "taken", "_owner", "_idle_refs")
 
     def __init__(self, shape: tuple[int, ...], dtype: dtypes.DType) -> None:
         self.array = aligned_empty(shape, dtype.numpy)
-        self.interface = dict(self.array.__array_interface__)
-        self._ortvalue: Optional[ort.OrtValue] = None
+        self._owner = self.array.base if self.array.base is not None else self.array  # owns the memory
+        self.ortvalue: ort.OrtValue = to_ortvalue(self.array)
+        self.taken = False
+        self._idle_refs = sys.getrefcount(self._owner)  # with no array of the caller's alive
 
     @property
-    def ortvalue(self) -> ort.OrtValue:
-        """An OrtValue sharing the block's memory (for binding it as an output)."""
-        if self._ortvalue is None:
-            self._ortvalue = to_ortvalue(self.array)
-        return self._ortvalue
-
-
-class _Lease:
-    """The ``base`` of an array handed out from a pool; when it dies, its block goes back."""
-
-    __slots__ = ("block", "pool", "__weakref__")
-
-    def __init__(self, block: Block, pool: "BufferPool") -> None:
-        self.block = block
-        self.pool = pool
-
-    @property
-    def __array_interface__(self) -> dict[str, Any]:
-        return self.block.interface
-
-    def __del__(self) -> None:
-        self.pool.put(self.block)
+    def in_use(self) -> bool:
+        """Lent to a call, or some array (or view) the caller holds still refers to its memory."""
+        return self.taken or sys.getrefcount(self._owner) != self._idle_refs
 
 
 class BufferPool:
@@ -76,37 +66,49 @@ class BufferPool:
         self.dtype = dtype
         self.keep = keep
         self.allocations = 0
-        self._free: list[Block] = []
-        self._lock = threading.Lock()  # leases die in whatever thread drops the last reference
-        self._plain = np.dtype(dtype.numpy).kind != "V"
+        self._blocks: list[Block] = []
+        self._lock = threading.Lock()  # calls are serialized by the executor; this guards close()
 
     def take(self) -> Block:
-        """A block nobody holds: a free one if there is one, else a new one."""
+        """A block nobody holds: a free one if there is one, else a new one. Free blocks beyond
+        ``keep`` are released to the allocator on the way."""
         with self._lock:
-            if self._free:
-                return self._free.pop()
-            self.allocations += 1
-        return Block(self.shape, self.dtype)
+            found = None
+            free = 0
+            for block in list(self._blocks):
+                if block.in_use:
+                    continue
+                if found is None:
+                    found = block
+                    continue
+                free += 1
+                if free > self.keep:
+                    self._blocks.remove(block)
+            if found is None:
+                found = Block(self.shape, self.dtype)
+                self.allocations += 1
+                if self.keep:
+                    self._blocks.append(found)
+            found.taken = True
+            return found
 
     def put(self, block: Block) -> None:
-        """Returns a block nobody holds any more (the caller's array died, or it was never handed out)."""
-        with self._lock:
-            if len(self._free) < self.keep:
-                self._free.append(block)
+        """Gives back a block that was taken but not handed out (the call failed, or nobody asked)."""
+        block.taken = False
 
     def hand_out(self, block: Block) -> np.ndarray:
-        """The caller's array over ``block``; the block returns to the pool when the array (and
-        every view of it) is gone."""
-        array = np.asarray(_Lease(block, self))
-        return array if self._plain else array.view(self.dtype.numpy)  # bfloat16 comes through as void
+        """The caller's array over ``block``: the block is in use for as long as it (or a view of it) lives."""
+        array = block.array[...]
+        block.taken = False
+        return array
 
     def close(self) -> None:
-        """Drops the free blocks and keeps none from now on (arrays still held stay valid)."""
+        """Forgets every block and keeps none from now on (arrays still held stay valid)."""
         with self._lock:
             self.keep = 0
-            self._free.clear()
+            self._blocks.clear()
 
     @property
     def free(self) -> int:
         """Free blocks held right now."""
-        return len(self._free)
+        return sum(1 for block in self._blocks if not block.in_use)

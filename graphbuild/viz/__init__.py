@@ -29,11 +29,11 @@ class VisualizationError(GraphBuildError):
 
 def _ranks_model(nets: Sequence[Network]) -> "GraphModel":
     """The rank networks ``gb.build`` would compile, cut into segments (without exporting them)."""
-    from graphbuild.build import _rank_networks
+    from graphbuild.build import rank_networks
     from graphbuild.passes import check_same_schedule, segment
     from graphbuild.viz.model import from_ranks
 
-    ranks = _rank_networks(list(nets), verify_each_pass=False)
+    ranks = rank_networks(list(nets), verify_each_pass=False)
     schedules = [segment(net) for net in ranks]
     check_same_schedule(schedules)
     return from_ranks(ranks, schedules, nets[0].name)

@@ -273,7 +273,7 @@ def from_network(nets: Sequence[Network]) -> GraphModel:
     })  # fmt: skip
     inputs, body, outputs = model.band("inputs", "inputs"), model.band("body", "network"), model.band("outputs", "outputs")
     for column, net in enumerate(nets):
-        rank = net.meta.get("tp_rank") if len(nets) > 1 else None
+        rank = net.meta.get("tp_position") if len(nets) > 1 else None
         model.columns.append(net.name)
         writer = _ColumnWriter(model, net, column, rank if isinstance(rank, int) else (column if len(nets) > 1 else None))
         writer.inputs(inputs)
@@ -333,7 +333,7 @@ def add_to_collective(collectives: dict[Any, dict[str, Any]], model: GraphModel,
         entry = collectives[key] = {
             "id": f"c{len(collectives)}", "op": op, "label": COLLECTIVE_STYLES.get(op, op), "name": name,
             "instance_id": attrs.get("instance_id"), "group": plain(attrs.get("group", [])), "band": band,
-            "nodes": [], "attrs": {k: plain(v) for k, v in attrs.items() if k != "rank"},
+            "nodes": [], "attrs": {k: plain(v) for k, v in attrs.items() if k not in ("rank", "tp_position")},
         }  # fmt: skip
     entry["nodes"].append(node_id)
     model.node(node_id)["collective"] = entry["id"]
@@ -348,16 +348,19 @@ def annotate_shards(model: GraphModel) -> None:
         attrs, op = node["attrs"], node["op"]
         if op == "embedding" and int(attrs.get("tp_size", 1)) > 1:
             n, vocab, dim = int(attrs["tp_size"]), int(attrs.get("vocab_size", 0)), int(attrs.get("embedding_dim", 0))
-            ranks = [attrs["tp_rank"]] if attrs.get("tp_rank") is not None else range(n)
-            attrs["shard"] = "; ".join(f"rank {r}: {_range(vocab, dim, n, int(r), int(attrs.get('sharding_dim', 0)))}" for r in ranks)
+            group = list(attrs.get("tp_group") or range(n))
+            ranks = [attrs["tp_rank"]] if attrs.get("tp_rank") in group else group
+            attrs["shard"] = "; ".join(f"rank {r}: {_range(vocab, dim, n, group.index(r), int(attrs.get('sharding_dim', 0)))}" for r in ranks)
         elif is_tp_embedding(op) and node["weights"]:
             rows, cols = (node["weights"][0]["shape"] + [0, 0])[:2]
             gathers = [r for r in readers.get(node["id"], []) if r["op"].lower() == "allgather"]
             n = int(attrs.get("tp_size", len(model.columns) if model.header["kind"] != "segment" else 1))
-            rank = int(attrs.get("tp_rank", node["rank"] or 0))
+            rank = int(attrs.get("tp_position", node["rank"] or 0))
             if model.header["kind"] != "segment":  # ONNX's TPEmbedding leaves the rank to its file's place
                 attrs.setdefault("tp_size", n)
-                attrs.setdefault("tp_rank", rank)
+                attrs.setdefault("tp_position", rank)
+                group = next((r["attrs"]["group"] for r in readers.get(node["id"], []) if r["attrs"].get("group")), None)
+                attrs.setdefault("tp_rank", group[rank] if group and rank < len(group) else rank)
             if gathers:
                 sizes = gathers[0]["attrs"].get("sizes") or [cols] * n
                 start = sum(sizes[:rank])

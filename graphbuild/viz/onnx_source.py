@@ -9,7 +9,6 @@ source line of each node is read from the ONNX node's ``doc_string``, where the 
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Optional
@@ -199,10 +198,8 @@ def from_engine_dir(path: Path) -> GraphModel:
     """An engine directory: every rank side by side, its segments and collectives in step order."""
     from graphbuild.engine import read_manifest
     from graphbuild.engine.files import resolve_inside
-    from graphbuild.engine.manifest import MANIFEST
 
-    read_manifest(path)  # validates, with its own errors
-    manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    manifest = read_manifest(path).to_json()  # validated, with the engine's own errors
     model = GraphModel({
         "name": manifest["name"], "kind": "engine", "tp_size": manifest["tp_size"], "dtype": "-", "opset": manifest.get("opset"),
         "weight_bytes": 0, "files": [{"path": rel, "bytes": int(entry.get("bytes", 0))} for rel, entry in manifest["files"].items()],

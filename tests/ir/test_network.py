@@ -174,3 +174,44 @@ def test_to_networkx_mirrors_values_ops_and_edges():
     order = [graph.nodes[n]["op"] for n in nx.topological_sort(graph) if graph.nodes[n]["kind"] == "op"]
     assert order.index("relu") > min(i for i, op in enumerate(order) if op == "matmul")
     assert graph.nodes[f"%{y.name}"]["outputs"] == "y"
+
+
+# ------------------------------------------------------------------------------------ cycles
+
+
+def _chain():
+    net = gb.Network("cyc")
+    with net:
+        x = net.add_input("x", "float32", ("n",))
+        a = F.relu(x, name="a")
+        b = F.add(a, 1.0, name="b")
+        net.mark_output(b, "y")
+    return net, x, a, b
+
+
+def test_a_rewrite_that_makes_a_cycle_is_refused():
+    net, x, a, b = _chain()
+    before = str(net)
+    with pytest.raises(gb.GraphConstructionError, match=r"replacing 'a' float32\(n,\) by 'b' float32\(n,\) would make a cycle: 'b' float32\(n,\) is computed from 'a' float32\(n,\) through add 'b'") as raised:
+        net.replace_all_uses(a.value, b.value)
+    assert "(created at test_network.py:" in str(raised.value)
+    assert str(net) == before, "nothing changed"
+    with pytest.raises(gb.GraphConstructionError, match="would make a cycle"):
+        net.replace_all_uses(x.value, b.value)
+    net.replace_all_uses(b.value, a.value)  # the other way round is fine: b is left unread
+    assert net.outputs["y"] is a.value
+
+
+def test_the_verifier_names_a_cycle_and_copy_and_reference_refuse_it():
+    from graphbuild.passes import verify_network
+
+    net, x, a, b = _chain()
+    a.value.producer.replace_input(0, b.value)  # by hand: relu reads add, add reads relu
+    with pytest.raises(gb.VerificationError, match=r"nodes form a cycle: relu 'a' -> add 'b' -> relu 'a'"):
+        verify_network(net)
+    with pytest.raises(gb.GraphConstructionError, match=r"cannot copy relu 'a': it reads 'b' float32\(n,\) before it is defined"):
+        net.copy()
+    with pytest.raises(gb.ExecutionError, match=r"relu 'a' reads 'b' float32\(n,\) before it is computed"):
+        gb.reference.run(net, {"x": np.ones(2, np.float32)})
+    with pytest.raises(gb.GraphConstructionError, match="cannot copy"):
+        gb.build(net, "unused")

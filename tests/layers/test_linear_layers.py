@@ -213,7 +213,7 @@ def test_layers_of_two_ranks_in_one_network_are_refused():
     with net:
         x = net.add_input("x", "float32", (2, 2))  # each rank reads 2 of the 4 input features
         layers.RowLinear(4, 4, tp_size=2, tp_rank=0)(x)
-        with pytest.raises(GraphConstructionError, match=r"RowLinear 'r1': network 'mixed' is already marked tp_rank=0, but this layer is rank 1"):
+        with pytest.raises(GraphConstructionError, match=r"RowLinear 'r1': network 'mixed' is already marked tp_position=0, but this layer is rank 1"):
             layers.RowLinear(4, 4, tp_size=2, tp_rank=1, name="r1")(x)
 
 

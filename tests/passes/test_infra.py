@@ -166,3 +166,58 @@ def test_default_pipeline_verifies_folds_and_cleans(rng):
     np.testing.assert_array_equal(net.constants["scaled"].const, bias.value.const * 2)
     again = default_pipeline(verify_each=True).run(net)
     assert not again.modified
+
+
+# ----------------------------------------------------------------------------- nesting and phases
+
+
+class CopyingPass(Pass):
+    """Returns a copy instead of editing in place."""
+
+    in_place = False
+
+    def call(self, net):
+        return PassResult(net.copy(), False)
+
+
+def test_pass_managers_nest_and_say_whether_they_work_in_place():
+    inner = PassManager([CountdownPass(1), DeadCodeEliminationPass()], name="inner")
+    assert isinstance(inner, Pass) and inner.name == "inner" and inner.in_place
+    outer = PassManager([VerifyPass(), inner, CopyingPass()])
+    assert not outer.in_place, "one pass that returns a new network makes the pipeline not in place"
+    net = small_network()
+    result = outer.run(net)
+    assert result.network is not net and [n.name for n in result.network.nodes] == ["y"]
+    assert result.stats["inner"]["countdown"] == {"calls": 1, "seen": [0]}
+    assert set(outer.seconds) == {"verify", "countdown", "eliminate_dead_code", "copying"}
+
+
+def test_a_failure_inside_a_nested_manager_names_both():
+    outer = PassManager([VerifyPass(), PassManager([FailingPass()], name="inner")])
+    with pytest.raises(PassError, match=r"pass 'inner' failed after \[verify\]: pass 'failing' failed after \[\]"):
+        outer.run(small_network())
+
+
+def test_phases_run_in_order_and_time_each():
+    from graphbuild.passes import Phase, Phases
+
+    @dataclasses.dataclass
+    class State:
+        networks: list
+        log: list
+
+    runner = Phases([Phase("first", lambda s: s.log.append("first")), Phase("optimize", passes=default_pipeline(), report_passes=True), Phase("last", lambda s: s.log.append("last"))])
+    state = runner.run(State([small_network(), small_network()], []))
+    assert state.log == ["first", "last"] and runner.names == ["first", "optimize", "last"]
+    assert set(runner.seconds) == {"first", "verify", "infer_shapes", "fold_constants", "eliminate_dead_code", "last"}
+
+
+def test_build_reports_its_phases(tmp_path):
+    from graphbuild.build import compile_engine, phases
+
+    compiled = compile_engine(small_network())
+    assert phases().names == ["copy", "optimize", "partition", "rank_dce", "segment", "lower_onnx"]
+    assert set(compiled.phase_times) == {"copy", "verify", "infer_shapes", "fold_constants", "eliminate_dead_code", "partition", "rank_dce", "segment", "lower_onnx"}
+    timings: dict = {}
+    gb.build(small_network(), tmp_path / "e", timings=timings)
+    assert set(timings) == set(compiled.phase_times) | {"write", "load"}

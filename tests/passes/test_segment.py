@@ -112,7 +112,7 @@ def test_chained_collectives_and_empty_segments(rng):
         ("segment", 1, 1, ["total"], ["wte", "sum_x"], ["total"], []),
         ("collective", "gather_x", 1),
     ]
-    assert steps[4].node.output.shape == ("n", 8) and steps[4].node.attrs["rank"] == 0
+    assert steps[4].node.output.shape == ("n", 8) and steps[4].node.attrs["tp_position"] == 0
 
 
 def test_a_schedule_may_start_with_a_collective():
@@ -120,7 +120,7 @@ def test_a_schedule_may_start_with_a_collective():
     with net:
         x = net.add_input("x", "float32", (2,))
         net.mark_output(F.relu(F.allreduce(x, [0, 1], name="s"), name="r"), "r")
-    net.meta["tp_rank"] = 0
+    net.meta["tp_position"] = 0
     (rank,) = partition(net)
     assert describe(segment(rank)) == [("collective", "s", 0), ("segment", 0, 1, ["r"], ["s"], ["r"], [])]
 

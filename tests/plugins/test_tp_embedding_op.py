@@ -472,7 +472,7 @@ class FakeRuntime:
     def __init__(
         self,
         api_version: int,
-        version: bytes = b"1.16.3",
+        version: bytes | None = None,
         null_messages: bool = False,
         failing_domain_add: bool = False,
     ):
@@ -480,7 +480,8 @@ class FakeRuntime:
         self.released_statuses: list[int] = []
         self.released_domains: list[int] = []
         self._buffers = {}
-        self._version = ctypes.create_string_buffer(version)
+        self.requested: list[int] = []  # the API versions asked of GetApi, in order
+        self._version = ctypes.create_string_buffer(f"1.{api_version}.0".encode() if version is None else version)
         self._table = (ctypes.c_void_p * 300)()
 
         def create_status(code, message):
@@ -514,7 +515,12 @@ class FakeRuntime:
         for slot, callback in self._callbacks.items():
             self._table[slot] = ctypes.cast(callback, ctypes.c_void_p).value
         table_address = ctypes.addressof(self._table)
-        self._get_api = _GET_API(lambda wanted: table_address if wanted <= api_version else None)
+
+        def get_api(wanted):
+            self.requested.append(wanted)
+            return table_address if wanted <= api_version else None
+
+        self._get_api = _GET_API(get_api)
         self._get_version = _GET_VERSION(lambda: ctypes.addressof(self._version))
         self.base = _ApiBase(self._get_api, self._get_version)
 
@@ -543,6 +549,30 @@ def test_older_runtime_is_refused_with_the_release_it_needs(private_lib):
         "graphbuild's custom-op library needs ONNX Runtime C API version 17 "
         "(ONNX Runtime 1.17 or newer); this runtime is 1.16.3"
     )
+
+
+@pytest.mark.parametrize(
+    "api_version,version,requested,refused",
+    [
+        (16, b"1.16.3", [1], True),  # refused through the version-1 table, 17 is never asked for
+        (17, b"1.17.0", [17], False),  # the oldest release it takes
+        (23, b"1.23.2", [17], False),  # 24 (the optional slot 414) is not asked of a 1.23
+        (31, b"1.31.1", [17, 24], False),  # a newer runtime: the optional slot is used
+        (40, b"2.0.0", [17, 24], False),
+        (31, b"custom-build", [17], False),  # an unreadable version: only what is needed
+        (16, b"1.20.1", [17, 1], True),  # a version string that promises more than GetApi gives
+    ],
+)
+def test_runtime_is_asked_only_for_api_versions_it_offers(private_lib, api_version, version, requested, refused):
+    # ONNX Runtime prints an error on stderr for every GetApi(version) it lacks: the library reads
+    # GetVersionString first (release 1.N offers API 1..N) and asks only for what is there.
+    runtime = FakeRuntime(api_version=api_version, version=version)
+    status = runtime.register(private_lib)
+    assert runtime.requested == requested
+    if refused:
+        assert status == (1, f"graphbuild's custom-op library needs ONNX Runtime C API version 17 (ONNX Runtime 1.17 or newer); this runtime is {version.decode()}".encode())
+    else:
+        assert status is None
 
 
 def test_domain_that_cannot_be_filled_is_released(private_lib):

@@ -111,8 +111,12 @@ def test_pool_hands_out_aligned_arrays_of_its_dtype(dtype):
 def test_pool_keeps_a_bounded_number_of_free_blocks_and_releases_them_on_close():
     pool = BufferPool((4,), dtypes.float32, keep=2)
     arrays = [pool.hand_out(pool.take()) for _ in range(5)]
+    assert pool.free == 0
     del arrays
+    assert pool.free == 5
+    again = pool.take()  # reuses one and drops the free blocks beyond two
     assert pool.free == 2 and pool.allocations == 5
+    pool.put(again)
     pool.close()
     kept = pool.hand_out(pool.take())
     assert pool.free == 0

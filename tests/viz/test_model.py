@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 import graphbuild as gb
-from graphbuild.build import _rank_networks
+from graphbuild.build import rank_networks
 from graphbuild.passes import segment
 from graphbuild.viz import build_model
 from graphbuild.viz.render import to_json
@@ -61,7 +61,7 @@ def test_embedding_ranks_picture(tp_size, sharding_dim):
     lookups = {n["rank"]: n for n in data["nodes"] if n["op"] == "tp_embedding"}
     assert [lookups[r]["attrs"]["shard"] for r in ranks] == shards
     assert all(n["tp"] for n in lookups.values())
-    assert [lookups[r]["attrs"]["tp_rank"] for r in ranks] == list(ranks)
+    assert [(lookups[r]["attrs"]["tp_position"], lookups[r]["attrs"]["tp_rank"]) for r in ranks] == [(r, r) for r in ranks]
     assert [lookups[r]["weights"][0]["shape"] for r in ranks][0] == ([5 if tp_size == 2 else 3, 6] if sharding_dim == 0 else [10, 2 if tp_size == 4 else 3]) or tp_size == 1
     if collective:
         (bridge,) = data["collectives"]
@@ -102,7 +102,7 @@ def test_embedding_engine_picture_matches_its_onnx_files(tmp_path, tp_size, shar
     assert sorted(f["path"] for f in data["header"]["files"]) == sorted(f"rank{r}/segment0.onnx" for r in range(tp_size))
     lookups = sorted((n for n in data["nodes"] if n["op"] == "TPEmbedding"), key=lambda n: n["rank"])
     assert [n["attrs"]["shard"] for n in lookups] == shards
-    assert [(n["attrs"]["tp_rank"], n["attrs"]["tp_size"]) for n in lookups] == [(r, tp_size) for r in range(tp_size)]
+    assert [(n["attrs"]["tp_position"], n["attrs"]["tp_rank"], n["attrs"]["tp_size"]) for n in lookups] == [(r, r, tp_size) for r in range(tp_size)]
     assert all(n["source"] and n["source"].startswith("embedding_tp.py:") for n in lookups)
     assert [n["outputs"][0]["shape"] for n in lookups] == [["batch", "seq", 6 if sharding_dim == 0 else int(s.split("[")[1].split(")")[0].split(", ")[1]) - int(s.split("[")[1].split(",")[0])] for s in shards]
     assert len(data["collectives"]) == (1 if collective else 0)
@@ -113,7 +113,7 @@ def test_embedding_engine_picture_matches_its_onnx_files(tmp_path, tp_size, shar
 def test_gpt_ranks_picture_has_every_node_edge_segment_and_bridge(tp_size):
     nets = gpt_nets(tp_size)
     data = model_of(nets)
-    ranks = _rank_networks(nets, verify_each_pass=False)
+    ranks = rank_networks(nets, verify_each_pass=False)
     expected_nodes, expected_edges = set(), set()
     for r, net in enumerate(ranks):
         producer = {id(v): f"r{r}/in:{v.name}" for v in net.inputs.values()}

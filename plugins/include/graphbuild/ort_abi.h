@@ -4,8 +4,9 @@
 //
 // Written from the facts in shared/ORT_ABI.md; no ONNX Runtime header is included or copied.
 // OrtApi only ever grows by appending slots, so a slot index means the same function in every
-// release whose table is long enough; ask GetApi for kMinApiVersion, the highest "since" version
-// among the slots called here.
+// release whose table is long enough. RegisterCustomOps asks GetApi for kMinApiVersion, the
+// highest "since" version among the slots always called here, and for a newer version only when the
+// runtime's version string says it has it (release 1.N offers API versions 1 to N).
 #pragma once
 
 #include <cstddef>
