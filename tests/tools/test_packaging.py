@@ -67,6 +67,7 @@ def test_pip_wheel_is_py3_none_platform_without_dev_scripts(tmp_path, request):
         tags = [line for line in archive.read("graphbuild-0.1.0.dist-info/WHEEL").decode().splitlines() if line.startswith("Tag:")]
     assert tags == [f"Tag: py3-none-{platform}"]
     assert "graphbuild/lib/libgraphbuild_ortops.so" in names and "graphbuild/tools/cli.py" in names and "graphbuild/passes/__init__.py" in names
+    assert "graphbuild/viz/viewer.js" in names and "graphbuild/viz/viewer.css" in names  # inlined into every HTML picture
     assert not [n for n in names if Path(n).name in DEV_SCRIPTS]
     build_after = sorted(p.name for p in (ROOT / "build").iterdir()) if (ROOT / "build").is_dir() else []
     assert build_after == build_before, "the wheel build wrote into the source tree's build/"
