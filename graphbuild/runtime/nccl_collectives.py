@@ -178,7 +178,7 @@ class StagedCollective:
         global _warned
         if not _warned:
             warnings.warn(
-                "graphbuild: no NCCL binding (cupy-cuda12x) is installed; the MPI executor copies CUDA tensors to host memory for every collective",
+                "graphbuild: no NCCL binding (cupy-cuda13x) is installed; the MPI executor copies CUDA tensors to host memory for every collective",
                 RuntimeWarning,
                 stacklevel=2,
             )
