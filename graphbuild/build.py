@@ -160,7 +160,6 @@ def rank_networks(networks: Sequence[Network], verify_each_pass: bool = False) -
     return runner.run(_State(list(networks), False, 0, 0)).ranks
 
 
-_rank_networks = rank_networks  # the name graphbuild.viz imports
 
 
 @contextlib.contextmanager

@@ -28,9 +28,10 @@ import pytest
 from onnx import TensorProto, helper
 
 from graphbuild import dtypes
-from graphbuild.plugin import DOMAIN, DOMAIN_VERSION, TP_EMBEDDING, library_path
+from graphbuild.plugin import DOMAIN, DOMAIN_VERSION, TP_EMBEDDING
 from graphbuild.runtime.ortvalues import aligned_empty, to_ortvalue
 from graphbuild.runtime.session import session_options
+from graphbuild.tools.bench_copy import plugin_library
 
 VOCAB = 900
 SHARD_ROWS = 450
@@ -147,18 +148,11 @@ def test_an_unknown_strategy_is_a_clear_error():
     assert "GRAPHBUILD_CPU_STRATEGY must be 'auto', 'memcpy', 'stream', 'lockstep' or unset, got 'fastest'" in result.stderr
 
 
-def _library() -> ctypes.CDLL:
-    library = ctypes.CDLL(str(library_path()))
-    library.GraphBuildCpuStrategy.restype = ctypes.c_size_t
-    library.GraphBuildCpuStrategy.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-    library.GraphBuildCopyBytes.restype = ctypes.c_int
-    library.GraphBuildCopyBytes.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    return library
 
 
 def describe_strategy() -> dict:
     """The strategy of this process, as the library describes it."""
-    library = _library()
+    library = plugin_library()
     size = library.GraphBuildCpuStrategy(None, 0)
     buffer = ctypes.create_string_buffer(size + 1)
     assert library.GraphBuildCpuStrategy(buffer, size + 1) == size
@@ -209,7 +203,7 @@ def test_a_forced_strategy_is_described(isa, strategy):
 
 @pytest.mark.parametrize("method", [0, 1, 2], ids=STRATEGIES)
 def test_byte_copies_are_exact(method, rng):
-    library = _library()
+    library = plugin_library()
     source = rng.integers(0, 256, size=300_000, dtype=np.uint8)
     for size, src_at, dst_at in [(0, 0, 0), (1, 3, 5), (63, 1, 0), (4096, 0, 0), (299_000, 7, 13), (200_001, 64, 17)]:
         target = np.full(size + 64, 0xA5, np.uint8)
@@ -219,7 +213,7 @@ def test_byte_copies_are_exact(method, rng):
 
 
 def test_an_unknown_byte_copy_is_refused():
-    library = _library()
+    library = plugin_library()
     buffer = np.zeros(64, np.uint8)
     assert library.GraphBuildCopyBytes(buffer.ctypes.data, buffer.ctypes.data + 32, 16, 3) == -1
     assert library.GraphBuildCopyBytes(buffer.ctypes.data, buffer.ctypes.data + 32, 16, -1) == -1
