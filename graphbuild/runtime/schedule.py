@@ -21,12 +21,14 @@ of ``graphbuild.runtime.collectives`` reproduce bit for bit).
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import numpy as np
 
 from graphbuild.errors import EngineError, ExecutionError
+
+if TYPE_CHECKING:
+    from graphbuild.engine.manifest import Manifest, RankPlan
 
 #: Collectives the runtime implements.
 COLLECTIVES = ("allreduce", "allgather")
@@ -126,80 +128,41 @@ class Schedule:
         return tuple(name for name, _ in self.ranks[0].outputs) if self.ranks else ()
 
     @classmethod
-    def from_manifest(cls, manifest: Any, root: Optional[Path] = None) -> "Schedule":
-        """Parses the steps of a validated manifest (a dict or the typed manifest).
+    def from_manifest(cls, manifest: "Manifest") -> "Schedule":
+        """The schedule of a manifest, which ``Manifest.from_json`` has validated (ranks listed in
+        order, every rank running the same segments and collectives).
 
         Raises:
-            EngineError: an unknown collective, ranks missing, or ranks whose collectives do not
-                match (order, op, instance_id, group, axis, sizes); the message names the engine.
+            EngineError: a collective this runtime does not implement.
         """
-        where = str(root) if root is not None else f"engine '{_get(manifest, 'name')}'"
-        ranks = tuple(_parse_rank(entry, position, where) for position, entry in enumerate(_get(manifest, "ranks")))
-        schedule = cls(str(_get(manifest, "name")), int(_get(manifest, "tp_size")), bool(_get(manifest, "custom_ops")), ranks)
-        if [rank.rank for rank in ranks] != list(range(len(ranks))):
-            raise EngineError(f"{where}: ranks are {[rank.rank for rank in ranks]}, expected 0..{len(ranks) - 1} in order; rebuild the engine")
-        schedule.check_matched(where)
-        return schedule
-
-    def check_matched(self, where: str) -> None:
-        """Every rank runs the same sequence of segments and collectives (by signature).
-
-        Raises:
-            EngineError: naming the first rank whose schedule differs from rank 0's.
-        """
-        first = _signature(self.ranks[0].steps) if self.ranks else []
-        for rank in self.ranks[1:]:
-            if _signature(rank.steps) != first:
-                raise EngineError(f"{where}: rank {rank.rank}'s schedule {_signature(rank.steps)} differs from rank 0's {first}; rebuild the engine")
+        ranks = tuple(_rank_schedule(plan, manifest.name) for plan in manifest.ranks)
+        return cls(manifest.name, manifest.tp_size, bool(manifest.custom_ops), ranks)
 
 
-def _signature(steps: Sequence[Step]) -> list[Any]:
-    return [(s.op, s.instance_id) if isinstance(s, CollectiveStep) else "segment" for s in steps]
-
-
-def _get(data: Any, key: str) -> Any:
-    """``data[key]`` for a dict, ``data.key`` for a dataclass (the typed manifest)."""
-    return data[key] if isinstance(data, Mapping) else getattr(data, key)
-
-
-def _opt(data: Any, key: str, default: Any = None) -> Any:
-    if isinstance(data, Mapping):
-        return data.get(key, default)
-    return getattr(data, key, default)
-
-
-def _parse_rank(entry: Any, position: int, where: str) -> RankSchedule:
-    rank = int(_opt(entry, "rank", position))
+def _rank_schedule(plan: "RankPlan", engine: str) -> RankSchedule:
     steps: list[Step] = []
-    for step in _get(entry, "steps"):
-        if _get(step, "kind") == "segment":
-            checks = tuple(RangeCheck(str(_get(c, "tensor")), str(_get(c, "node")), int(_get(c, "vocab_size"))) for c in _opt(step, "checks", ()) or ())
-            steps.append(
-                SegmentStep(rank, int(_opt(step, "index", len(steps))), str(_get(step, "file")), tuple(_get(step, "inputs")), tuple(_get(step, "outputs")), checks)
-            )
+    for step in plan.steps:
+        if step.kind == "segment":
+            checks = tuple(RangeCheck(c.tensor, c.node, c.vocab_size) for c in step.checks)
+            steps.append(SegmentStep(plan.rank, step.index, step.file, tuple(step.inputs), tuple(step.outputs), checks))
             continue
-        op = _get(step, "op")
-        if op not in COLLECTIVES:
-            raise EngineError(f"{where}: rank {rank} has collective '{op}', which this runtime does not implement (it implements {list(COLLECTIVES)})")
-        attrs = dict(_opt(step, "attrs", {}) or {})
-        group = _opt(step, "group", attrs.get("group"))
-        sizes = attrs.get("sizes")
+        if step.op not in COLLECTIVES:
+            raise EngineError(f"engine '{engine}': rank {plan.rank} has collective '{step.op}', which this runtime does not implement (it implements {list(COLLECTIVES)})")
+        sizes = step.attrs.get("sizes")
         steps.append(
             CollectiveStep(
-                op=op,
-                name=str(_get(step, "name")),
-                instance_id=_opt(step, "instance_id", attrs.get("instance_id")),
-                group=tuple(int(r) for r in group) if group is not None else (),
-                input=str(_get(step, "input")),
-                output=str(_get(step, "output")),
-                workspace=_opt(step, "workspace"),
-                axis=int(attrs.get("axis", _opt(step, "axis", -1))),
+                op=step.op,
+                name=step.name,
+                instance_id=step.instance_id,
+                group=tuple(step.group),
+                input=step.input,
+                output=step.output,
+                workspace=step.workspace,
+                axis=step.axis,
                 sizes=tuple(int(s) for s in sizes) if sizes is not None else None,
             )
         )
-    outputs = _get(entry, "outputs")
-    pairs = tuple((str(name), str(tensor)) for name, tensor in (outputs.items() if isinstance(outputs, Mapping) else outputs))
-    return RankSchedule(rank, tuple(steps), pairs)
+    return RankSchedule(plan.rank, tuple(steps), tuple(plan.outputs.items()))
 
 
 def gathered_shape(what: str, shapes: Sequence[tuple[int, ...]], axis: int, sizes: Optional[Sequence[int]]) -> tuple[int, ...]:
