@@ -1,7 +1,8 @@
 """The collective-schedule check: do the ranks of an engine meet at the same collectives?
 
-One check, on plain data, shared by the segment pass (at build time), the executor (when an engine
-loads) and ``reference.run_ranks`` (before it runs). It imports nothing but the error classes, so
+One check, on plain data, shared by the segment pass (at build time) and ``reference.run_ranks``
+(before it runs). A loading engine is held to a stricter rule by its manifest's validation
+(``graphbuild.engine.schedule_check``): every rank runs the same steps, segments included. It imports nothing but the error classes, so
 the runtime can use it without the compiler.
 
 Each rank's schedule is a list of ``CollectiveCall`` in the order the rank runs them. For every
