@@ -17,7 +17,7 @@ with the CUDA provider, in host memory with the CPU provider, with the very same
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -26,7 +26,7 @@ from onnx import TensorProto, helper
 from graphbuild import dtypes
 from graphbuild.runtime.ortvalues import allocate, to_ortvalue
 from graphbuild.runtime.schedule import CollectiveStep, result_shape
-from graphbuild.runtime.session import session_options
+from graphbuild.runtime.session import binding_runner, session_options
 
 _OPSET = 21
 _IR_VERSION = 10
@@ -129,9 +129,7 @@ class CollectiveRun:
         for i, value in enumerate(inputs):
             self.binding.bind_ortvalue_input(f"x{i}", value)
         self.binding.bind_ortvalue_output("y", self.output)
-
-    def run(self) -> None:
-        self.session.run_with_iobinding(self.binding)
+        self.run: Callable[[], None] = binding_runner(self.session, self.binding)  # runs the collective
 
 
 class HostCopy:
@@ -148,11 +146,12 @@ class HostCopy:
         self.session = sessions.get(identity_model(self.dtype, len(self.shape)))
         self.binding = self.session.io_binding()
         self.binding.bind_ortvalue_input("x", value)
+        self._run = binding_runner(self.session, self.binding)
 
     def run(self, out: Optional[np.ndarray] = None) -> np.ndarray:
         """Returns the tensor's contents in ``out`` (C-contiguous, right shape and dtype) or a new array."""
         array = np.empty(self.shape, self.dtype.numpy) if out is None else out
         self.binding.bind_ortvalue_output("y", to_ortvalue(array))
-        self.session.run_with_iobinding(self.binding)
+        self._run()
         return array
 

@@ -71,6 +71,7 @@ class LocalExecutor:
         self._plans: collections.OrderedDict[tuple[Any, ...], Plan] = collections.OrderedDict()
         self._max_plans = max(1, max_plans)
         self._lock = threading.Lock()
+        self._latest: Optional[Plan] = None  # the plan last used: already the most recent entry
         self._rank0 = (0,)
 
     @classmethod
@@ -96,7 +97,17 @@ class LocalExecutor:
             feeds: input name -> array, as ``validate_feeds`` returns them.
             out: optional output name -> array that receives rank 0's output of that name.
         """
-        return self._run(feeds, out, self._rank0)[0]
+        if out:
+            return self._run(feeds, out, self._rank0)[0]
+        key = tuple([array.shape for array in feeds.values()])
+        with self._lock:
+            plan = self._plans.get(key)
+            if plan is None:
+                return self._first_run(key, feeds, None, self._rank0)[0]
+            if plan is not self._latest:
+                self._plans.move_to_end(key)
+                self._latest = plan
+            return plan.run_default(feeds)
 
     def run_all_ranks(self, feeds: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
         """Runs every rank; returns each rank's outputs, in rank order."""
@@ -107,10 +118,18 @@ class LocalExecutor:
         with self._lock:
             plan = self._plans.get(key)
             if plan is None:
-                plan = Plan(self.schedule, self._segment_sessions, feeds, self.device, self._sessions)  # runs once
-                self._plans[key] = plan
-                if len(self._plans) > self._max_plans:
-                    self._plans.popitem(last=False)[1].close()
-                return plan.results(plan.check_out(out), ranks)
-            self._plans.move_to_end(key)
+                return self._first_run(key, feeds, out, ranks)
+            if plan is not self._latest:
+                self._plans.move_to_end(key)
+                self._latest = plan
             return plan.run(feeds, out, ranks)
+
+    def _first_run(self, key: tuple[Any, ...], feeds: Mapping[str, np.ndarray], out: Optional[Mapping[str, np.ndarray]], ranks: Sequence[int]) -> list[dict[str, np.ndarray]]:
+        """Makes the plan for a new input-shape signature (which runs the engine once), dropping
+        the least recently used one beyond ``max_plans``; the lock is held."""
+        plan = Plan(self.schedule, self._segment_sessions, feeds, self.device, self._sessions)
+        self._plans[key] = plan
+        self._latest = plan
+        if len(self._plans) > self._max_plans:
+            self._plans.popitem(last=False)[1].close()
+        return plan.results(plan.check_out(out), ranks)

@@ -9,6 +9,7 @@ is the same check with the common case (arrays of the right dtype) precomputed, 
 
 from __future__ import annotations
 
+import collections
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -107,17 +108,19 @@ class FeedValidator:
     def __init__(self, specs: Sequence[Any], owner: str) -> None:
         self.specs = list(specs)
         self.owner = owner
+        # A symbolic dim named once (the usual "batch", "seq" of one input) takes any size: only
+        # those named more than once are compared on the fast path.
+        named = collections.Counter(dim for spec in self.specs for dim in spec.shape if not isinstance(dim, int))
         self._fast = tuple(
             (
                 spec.name,
                 np.dtype(spec.dtype.numpy),
                 len(spec.shape),
                 tuple((axis, dim) for axis, dim in enumerate(spec.shape) if isinstance(dim, int)),
-                tuple((axis, dim) for axis, dim in enumerate(spec.shape) if not isinstance(dim, int)),
+                tuple((axis, dim) for axis, dim in enumerate(spec.shape) if not isinstance(dim, int) and named[dim] > 1),
             )
             for spec in self.specs
         )
-        self._symbolic = any(entry[4] for entry in self._fast)
 
     def __call__(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """The validated feeds (name -> array, in the order of the specs).
@@ -133,7 +136,9 @@ class FeedValidator:
         bound: dict[str, int] = {}
         for name, dtype, ndim, fixed, symbolic in self._fast:
             array = feeds.get(name)
-            if type(array) is not np.ndarray or array.dtype != dtype or array.ndim != ndim:
+            # numpy's built-in dtypes are singletons: ``is`` finds the declared one; an equal
+            # dtype that is another object (rare) takes the full check.
+            if type(array) is not np.ndarray or array.dtype is not dtype or array.ndim != ndim:
                 return None
             shape = array.shape
             for axis, dim in fixed:

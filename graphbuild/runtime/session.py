@@ -21,7 +21,7 @@ import functools
 import numbers
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import onnxruntime as ort
 
@@ -183,3 +183,17 @@ def create_session(
     except Exception as exc:  # onnxruntime raises its own exception classes (not RuntimeError)
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EngineError(f"{model_path}: ONNX Runtime cannot load this segment: {message}") from exc
+
+
+def binding_runner(session: ort.InferenceSession, binding: ort.IOBinding) -> Callable[[], None]:
+    """``run()``: runs ``session`` on ``binding`` as ``session.run_with_iobinding(binding)`` does,
+    for less per call (about 1.5 us of 2.5 on a one-node model): the session's C++ entry point
+    directly, skipping the Python wrapper's WebGPU graph-capture checks that never apply here, and
+    run options made once, where passing none makes ONNX Runtime build default ones on every call.
+    Falls back to the public method on an onnxruntime without that entry point.
+    """
+    options = ort.RunOptions()
+    native_session, native_binding = getattr(session, "_sess", None), getattr(binding, "_iobinding", None)
+    if native_binding is not None and callable(getattr(native_session, "run_with_iobinding", None)):
+        return functools.partial(native_session.run_with_iobinding, native_binding, options)
+    return functools.partial(session.run_with_iobinding, binding, options)

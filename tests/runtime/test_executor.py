@@ -67,6 +67,49 @@ def test_symbolic_dims_must_agree_across_inputs(tmp_path, rng):
     np.testing.assert_array_equal(out["eb"], np.broadcast_to(table.value.const[4], (2, 2, 3)))
 
 
+def test_a_symbolic_dim_named_once_takes_any_size_and_equal_dtype_objects_are_accepted(tmp_path, rng):
+    net = gb.Network("one")
+    with net:
+        ids = net.add_input("ids", "int64", ("batch", "seq"))
+        table = gb.constant(rng.standard_normal((9, 3)).astype(np.float32))
+        net.mark_output(F.embedding(ids, table), "emb")
+    engine = gb.build(net, tmp_path / "e")
+    for shape in [(1, 1), (3, 5), (5, 3), (1, 1)]:  # each size a new plan, then the first again
+        feed = rng.integers(0, 9, size=shape)
+        np.testing.assert_array_equal(engine.run({"ids": feed})["emb"], table.value.const[feed])
+    # an int64 dtype that equals np.int64 without being numpy's own object takes the full check
+    tagged = np.dtype(np.int64, metadata={"tag": 1})
+    assert tagged == np.int64 and tagged is not np.dtype(np.int64)
+    feed = np.array([[1, 8], [0, 4]], dtype=tagged)
+    np.testing.assert_array_equal(engine.run({"ids": feed})["emb"], table.value.const[feed.astype(np.int64)])
+    with pytest.raises(gb.InputError, match=r"input 'ids' must be int64, got int32"):
+        engine.run({"ids": feed.astype(np.int32)})
+
+
+def test_run_options_are_made_once_per_binding(tmp_path, rng):
+    from graphbuild.runtime.session import binding_runner
+
+    table = rng.standard_normal((6, 4)).astype(np.float32)
+    net = gb.Network("r")
+    with net:
+        ids = net.add_input("ids", "int64", ("n",))
+        net.mark_output(F.embedding(ids, gb.constant(table)), "emb")
+    engine = gb.build(net, tmp_path / "e", providers=["CPUExecutionProvider"])
+    engine.run({"ids": np.arange(3)})
+    (plan,) = engine._executor._plans.values()
+    (segment,) = plan.runs
+    options = segment._call.args[-1]
+    assert type(options).__name__ == "RunOptions"
+    for ids in ([5, 0, 1], [2, 2, 4]):
+        np.testing.assert_array_equal(engine.run({"ids": np.array(ids)})["emb"], table[ids])
+    assert segment._call.args[-1] is options
+    # the public method (an onnxruntime without the C++ entry point) gets the same options
+    session, binding = segment.session, segment.binding
+    run = binding_runner(type("Public", (), {"run_with_iobinding": session.run_with_iobinding})(), binding)
+    run()
+    assert type(run.args[-1]).__name__ == "RunOptions"
+
+
 def test_workspace_receives_the_collective_result(tmp_path, rng):
     table = rng.standard_normal((12, 6)).astype(np.float32)
     net = gb.Network("ws")

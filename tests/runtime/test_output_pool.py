@@ -52,6 +52,20 @@ def test_dropped_results_give_their_memory_back(tmp_path, rng, tp_size, sharding
     assert pool.allocations <= 3
 
 
+@pytest.mark.parametrize("tp_size,sharding_dim", [(2, 0), (3, 1)])
+def test_every_ranks_pool_stays_small_when_only_rank_0_is_returned(tmp_path, rng, tp_size, sharding_dim):
+    table = rng.standard_normal((20, 8)).astype(np.float32)
+    engine = lookup_engine(tmp_path, table, tp_size, sharding_dim)
+    for _ in range(20):
+        ids = rng.integers(0, 20, size=6)
+        np.testing.assert_array_equal(engine.run({"ids": ids})["emb"], table[ids])
+    plan = next(iter(engine._executor._plans.values()))
+    every = [slot.pool for slots in plan.slots for slot in slots if slot.pool is not None]
+    assert len(every) == tp_size
+    assert all(pool.allocations <= 2 for pool in every), [pool.allocations for pool in every]
+    assert not any(block.taken for pool in every for block in pool._blocks), "a block was taken and never given back"
+
+
 def test_held_results_stay_valid_and_independent(tmp_path, rng):
     table = rng.standard_normal((20, 8)).astype(np.float32)
     engine = lookup_engine(tmp_path, table)
