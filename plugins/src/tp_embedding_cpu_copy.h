@@ -19,8 +19,13 @@ enum class RowCopy {
   kStream,
   // The same lockstep with ordinary stores: the outputs stay in cache.
   kLockstep,
+  // kStream and kLockstep with the next group's rows prefetched into L2 while a group is copied,
+  // each step of a row asking for the same step of the row that follows it one group later.
+  kStreamPrefetch,
+  kLockstepPrefetch,
 };
-inline constexpr int kNumRowCopies = 3;
+inline constexpr int kNumRowCopies = 5;
+
 
 // Lockstep copies: rows copied side by side, and the bytes of each row per step.
 inline constexpr int kRowsInFlight = 8;
@@ -38,7 +43,7 @@ struct CopyJob {
   int64_t vocab_start = 0;
   size_t row_bytes = 0;
   int64_t ids_per_task = 0;
-  RowCopy copy = RowCopy::kMemcpy;  // kStream and kLockstep need rows and output 16-byte aligned.
+  RowCopy copy = RowCopy::kMemcpy;  // The lockstep copies need rows and output 16-byte aligned.
   size_t vector_bytes = 16;         // ...and use vectors this wide: 16 (SSE2), 32 (AVX), 64 (AVX-512F).
   int rows_in_flight = 1;           // ...this many rows in lockstep: kRowsInFlight when every row is
                                     // whole cache lines (a line left half-written while other rows
@@ -58,7 +63,8 @@ void SetRowCopy(CopyJob* job, RowCopy wanted, size_t vector_bytes);
 void RunRange(const CopyJob& job, int64_t begin, int64_t end);
 
 // Copies `bytes` from `src` to `dst` (not overlapping) by `method` with `vector_bytes` vectors:
-// memcpy, or a vector loop with streaming or ordinary stores (memcpy for the unaligned ends).
+// memcpy, or a vector loop with streaming or ordinary stores (memcpy for the unaligned ends);
+// kMemcpy, kStream or kLockstep only.
 void CopyBytes(void* dst, const void* src, size_t bytes, RowCopy method, size_t vector_bytes);
 
 }  // namespace graphbuild::plugins

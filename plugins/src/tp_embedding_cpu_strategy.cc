@@ -11,17 +11,19 @@
 //   copy of a cache-resident row. `large_min_bytes` is 3/4 of the L3 cache one core sees (from
 //   /sys, which is right where sysconf is not: glibc 2.36 reports ten times the L3 on AMD EPYC),
 //   at most 24 MiB, the size from which streaming won on the Intel Xeon development VM.
-// - Larger outputs use whichever of the three row copies (memcpy, streaming lockstep,
-//   ordinary-store lockstep) was fastest in a calibration run once per process, when the first
+// - Larger outputs use whichever of the five row copies (memcpy, streaming lockstep,
+//   ordinary-store lockstep, and both lockstep copies with the next group prefetched into L2) was
+//   fastest in a calibration run once per process, when the first
 //   TPEmbedding kernel is created: a gather of random 8 KiB rows into an output of twice
 //   `large_min_bytes`, each copy run over the whole output three times in turn, one 1 MiB
 //   segment at a time, and each segment's best time counted (so that a busy machine's preemptions
 //   do not decide it); a copy later in that order replaces an earlier one only when at least 3%
 //   faster. Whether non-temporal stores pay differs between CPU families and even between virtual
-//   machines of one family, so it is measured rather than assumed. It takes 50-150 ms, most of it
-//   faulting in the two buffers.
-// - GRAPHBUILD_CPU_STRATEGY=memcpy|stream|lockstep forces one row copy for every output size (the
-//   tests use it to run each copy); `auto` or unset decides as above.
+//   machines of one family, and so does what prefetching into L2 gains, so both are measured
+//   rather than assumed. It takes 60-200 ms, much of it faulting in the two buffers.
+// - GRAPHBUILD_CPU_STRATEGY=memcpy|stream|lockstep|stream-prefetch|lockstep-prefetch forces one
+//   row copy for every output size (the tests use it to run each copy); `auto` or unset decides
+//   as above.
 #include "tp_embedding_cpu_strategy.h"
 
 #include <sys/mman.h>
@@ -53,7 +55,8 @@ constexpr int kCalibrationRounds = 3;
 // A copy other than memcpy is chosen only when it is at least this much faster than every copy
 // before it in RowCopy order, so that copies equally fast do not trade places from run to run.
 constexpr double kCalibrationMargin = 0.97;
-constexpr const char* kRowCopyNames[kNumRowCopies] = {"memcpy", "stream", "lockstep"};
+constexpr const char* kRowCopyNames[kNumRowCopies] = {"memcpy", "stream", "lockstep", "stream-prefetch",
+                                                     "lockstep-prefetch"};
 
 const char* RowCopyName(RowCopy copy) { return kRowCopyNames[static_cast<int>(copy)]; }
 
@@ -176,14 +179,14 @@ int ForcedRowCopy(size_t vector_bytes, std::string* error) {
     }
     return copy;
   }
-  *error = "GRAPHBUILD_CPU_STRATEGY must be 'auto', 'memcpy', 'stream', 'lockstep' or unset, got '" +
-           name + "'";
+  *error = "GRAPHBUILD_CPU_STRATEGY must be 'auto', 'memcpy', 'stream', 'lockstep', "
+           "'stream-prefetch', 'lockstep-prefetch' or unset, got '" + name + "'";
   return -1;
 }
 
 // Best wall time (ms) of each row copy over a synthetic gather of `out_bytes`.
 struct Calibration {
-  double ms[kNumRowCopies] = {0, 0, 0};
+  double ms[kNumRowCopies] = {};
   double setup_ms = 0;  // Of total_ms: allocating and filling the buffers.
   double total_ms = 0;
   size_t bytes = 0;
@@ -362,18 +365,22 @@ extern "C" __attribute__((visibility("default"))) size_t GraphBuildCpuStrategy(c
 }
 
 // Copies `bytes` from `src` to `dst` (not overlapping) by `method`: 0 memcpy, 1 streaming stores,
-// 2 ordinary vector stores, in the strategy's vector width. Returns 0, or -1 for an unknown method
-// or one this build or environment cannot do.
+// 2 ordinary vector stores (the prefetching row copies have no contiguous form), with vectors of
+// `vector_bytes` (16, 32 or 64; 0 for the strategy's width), no wider than the strategy's. Returns
+// 0, or -1 for an unknown method or width, or one this build or environment cannot do.
 extern "C" __attribute__((visibility("default"))) int GraphBuildCopyBytes(void* dst,
                                                                          const void* src,
-                                                                         size_t bytes, int method) {
+                                                                         size_t bytes, int method,
+                                                                         size_t vector_bytes) {
   using graphbuild::plugins::RowCopy;
   try {
     const auto& strategy = graphbuild::plugins::Strategy();
-    if (method < 0 || method >= graphbuild::plugins::kNumRowCopies) return -1;
+    if (method < 0 || method > static_cast<int>(RowCopy::kLockstep)) return -1;
     if (method != 0 && (strategy.vector_bytes < 16 || !strategy.error.empty())) return -1;
-    graphbuild::plugins::CopyBytes(dst, src, bytes, static_cast<RowCopy>(method),
-                                   strategy.vector_bytes);
+    const size_t width = vector_bytes == 0 ? strategy.vector_bytes : vector_bytes;
+    if (width != 16 && width != 32 && width != 64) return -1;
+    if (method != 0 && width > strategy.vector_bytes) return -1;
+    graphbuild::plugins::CopyBytes(dst, src, bytes, static_cast<RowCopy>(method), width);
     return 0;
   } catch (...) {
     return -1;

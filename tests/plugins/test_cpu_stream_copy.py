@@ -1,9 +1,10 @@
 """The TPEmbedding CPU kernel's row copies, each output compared bit for bit with numpy.
 
-Three copies: memcpy row by row, and eight rows in lockstep 256 bytes at a time with streaming
-(non-temporal) or ordinary stores; each in three vector widths (SSE2, AVX, AVX-512F). Per process
+Five copies: memcpy row by row, and eight rows in lockstep 256 bytes at a time with streaming
+(non-temporal) or ordinary stores, each of those also with the next group's rows prefetched into L2;
+each in three vector widths (SSE2, AVX, AVX-512F). Per process
 the kernel copies outputs below about 24 MiB with memcpy and larger ones with the copy a calibration
-chose; ``GRAPHBUILD_CPU_STRATEGY=memcpy|stream|lockstep`` forces one copy for every output size and
+chose; ``GRAPHBUILD_CPU_STRATEGY`` (one of those copies' names) forces one copy for every output size and
 ``GRAPHBUILD_CPU_ISA`` caps the vector width, both read once per process, so each combination runs
 in a subprocess (this file run as a script). The cases cover whole 256-byte steps and rests, zero
 rows for ids of other shards in the middle of a lockstep group, rows that are a multiple of 16 bytes
@@ -56,7 +57,7 @@ SMALL_CASES = [
     ("float32", 64, 37, TensorProto.INT64),  # 256-byte rows: exactly one step
     ("float16", 40, 37, TensorProto.INT64),  # 80-byte rows: no whole step, a 16-byte multiple
 ]
-STRATEGIES = ["memcpy", "stream", "lockstep"]
+STRATEGIES = ["memcpy", "stream", "lockstep", "stream-prefetch", "lockstep-prefetch"]
 ISAS = ["sse2", "avx", "avx512"]
 
 
@@ -145,7 +146,7 @@ def test_an_unknown_vector_width_is_a_clear_error():
 def test_an_unknown_strategy_is_a_clear_error():
     result = _run_as_script("small", "", "fastest")
     assert result.returncode != 0
-    assert "GRAPHBUILD_CPU_STRATEGY must be 'auto', 'memcpy', 'stream', 'lockstep' or unset, got 'fastest'" in result.stderr
+    assert "GRAPHBUILD_CPU_STRATEGY must be 'auto', 'memcpy', 'stream', 'lockstep', 'stream-prefetch', 'lockstep-prefetch' or unset, got 'fastest'" in result.stderr
 
 
 
@@ -179,16 +180,17 @@ def test_the_calibrated_strategy_is_described():
         assert found["large_min_bytes"] == min(24 << 20, max(1 << 20, l3 // 4 * 3))
     times = found["calibration"]
     assert times["bytes"] >= 2 * found["large_min_bytes"] - 8192
-    # The chosen copy is the fastest, a copy later in the order memcpy, stream, lockstep taking
-    # the place of an earlier one only when at least 3% faster.
+    # The chosen copy is the fastest, a copy later in the order memcpy, stream, lockstep,
+    # stream-prefetch, lockstep-prefetch taking the place of an earlier one only when at least 3% faster.
+    assert [key.removesuffix("_ms") for key in times if key.endswith("_ms") and key not in ("total_ms", "setup_ms")] == STRATEGIES
     best = "memcpy"
-    for name in ("stream", "lockstep"):
+    for name in STRATEGIES[1:]:
         if times[f"{name}_ms"] < 0.97 * times[f"{best}_ms"]:
             best = name
     assert found["large"] == best
 
 
-@pytest.mark.parametrize("isa, strategy", [("sse2", "stream"), ("avx", "lockstep"), ("", "memcpy")])
+@pytest.mark.parametrize("isa, strategy", [("sse2", "stream"), ("avx", "lockstep"), ("", "memcpy"), ("avx", "stream-prefetch")])
 def test_a_forced_strategy_is_described(isa, strategy):
     result = _run_as_script("describe", isa, strategy)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -201,13 +203,17 @@ def test_a_forced_strategy_is_described(isa, strategy):
         assert found["isa"] == isa
 
 
-@pytest.mark.parametrize("method", [0, 1, 2], ids=STRATEGIES)
-def test_byte_copies_are_exact(method, rng):
+@pytest.mark.parametrize("width", [0, 16, 32, 64])
+@pytest.mark.parametrize("method", [0, 1, 2], ids=STRATEGIES[:3])
+def test_byte_copies_are_exact(method, width, rng):
     library = plugin_library()
+    if method and width > describe_strategy()["vector_bytes"]:
+        assert library.GraphBuildCopyBytes(0, 0, 0, method, width) == -1  # wider than the kernel's: refused
+        pytest.skip(f"this CPU (or GRAPHBUILD_CPU_ISA) has no {width}-byte vector copy")
     source = rng.integers(0, 256, size=300_000, dtype=np.uint8)
     for size, src_at, dst_at in [(0, 0, 0), (1, 3, 5), (63, 1, 0), (4096, 0, 0), (299_000, 7, 13), (200_001, 64, 17)]:
         target = np.full(size + 64, 0xA5, np.uint8)
-        assert library.GraphBuildCopyBytes(target.ctypes.data + dst_at, source.ctypes.data + src_at, size, method) == 0
+        assert library.GraphBuildCopyBytes(target.ctypes.data + dst_at, source.ctypes.data + src_at, size, method, width) == 0
         assert np.array_equal(target[dst_at : dst_at + size], source[src_at : src_at + size]), (size, src_at, dst_at)
         assert (target[:dst_at] == 0xA5).all() and (target[dst_at + size :] == 0xA5).all()
 
@@ -215,8 +221,9 @@ def test_byte_copies_are_exact(method, rng):
 def test_an_unknown_byte_copy_is_refused():
     library = plugin_library()
     buffer = np.zeros(64, np.uint8)
-    assert library.GraphBuildCopyBytes(buffer.ctypes.data, buffer.ctypes.data + 32, 16, 3) == -1
-    assert library.GraphBuildCopyBytes(buffer.ctypes.data, buffer.ctypes.data + 32, 16, -1) == -1
+    assert library.GraphBuildCopyBytes(buffer.ctypes.data, buffer.ctypes.data + 32, 16, 3, 0) == -1  # stream-prefetch: rows only
+    assert library.GraphBuildCopyBytes(buffer.ctypes.data, buffer.ctypes.data + 32, 16, -1, 0) == -1
+    assert library.GraphBuildCopyBytes(buffer.ctypes.data, buffer.ctypes.data + 32, 16, 1, 24) == -1  # no such width
 
 
 if __name__ == "__main__":
