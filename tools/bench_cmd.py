@@ -42,7 +42,9 @@ DTYPES = ("float32", "float16", "bfloat16")
 TP_SIZES = (1,)  # engines built per table; --tp 1 2 4 adds the tensor-parallel ones
 QUICK = {"vocab": (32000,), "tokens": (1, 16, 4096), "dtype": ("float32", "bfloat16")}
 ROTATIONS = 8  # id sets per token count, used in turn
-ROUNDS = 3  # the paths of one configuration take turns this many times
+ROUNDS = 12  # the paths of one configuration take turns this many times (finer turns: a shared
+# machine whose memory bandwidth swings between turns moves every path alike; with 3 turns a
+# 2-thread copy read 78 GB/s in one configuration where the lookups beside it read 44)
 MIN_REPEATS, MAX_REPEATS = 5, 400
 PAUSE_S = 0.003  # untimed pause after each path's block, so thread pools that spin go idle
 BUDGET_S, QUICK_BUDGET_S = 0.3, 0.08  # timed seconds per path and configuration

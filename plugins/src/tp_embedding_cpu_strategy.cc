@@ -13,9 +13,10 @@
 //   at most 24 MiB, the size from which streaming won on the Intel Xeon development VM.
 // - Larger outputs use whichever of the five row copies (memcpy, streaming lockstep,
 //   ordinary-store lockstep, and both lockstep copies with the next group prefetched into L2) was
-//   fastest in a calibration run once per process, when the first
-//   TPEmbedding kernel is created: a gather of random 8 KiB rows into an output of twice
-//   `large_min_bytes`, each copy run over the whole output three times in turn, one 1 MiB
+//   fastest in a calibration run once per process, when the first TPEmbedding kernel is created:
+//   a gather of random 8 KiB rows of a table three times the L3 cache (so that they come from
+//   memory, as a real table's do; at least twice the output, at most 256 MiB) into an output of
+//   twice `large_min_bytes`, each copy run over the whole output three times in turn, one 1 MiB
 //   segment at a time, and each segment's best time counted (so that a busy machine's preemptions
 //   do not decide it); a copy later in that order replaces an earlier one only when at least 3%
 //   faster. Whether non-temporal stores pay differs between CPU families and even between virtual
@@ -49,6 +50,8 @@ namespace {
 
 constexpr size_t kMiB = size_t{1} << 20;
 constexpr size_t kMaxLargeMinBytes = 24 * kMiB;
+// The calibration's table: three times the L3 cache (at least twice its output), at most this.
+constexpr size_t kMaxCalibrationTableBytes = 256 * kMiB;
 constexpr size_t kCalibrationRowBytes = 8192;
 constexpr size_t kCalibrationSegmentBytes = kMiB;
 constexpr int kCalibrationRounds = 3;
@@ -189,7 +192,8 @@ struct Calibration {
   double ms[kNumRowCopies] = {};
   double setup_ms = 0;  // Of total_ms: allocating and filling the buffers.
   double total_ms = 0;
-  size_t bytes = 0;
+  size_t bytes = 0;        // The output's.
+  size_t table_bytes = 0;  // The table's.
 };
 
 // Anonymous memory for the calibration, in transparent huge pages where the kernel allows them
@@ -214,28 +218,33 @@ class Scratch {
   unsigned char* data_;
 };
 
-Calibration Calibrate(size_t out_bytes, size_t vector_bytes, size_t prefetch_bytes) {
+// A gather of `out_bytes` from a table of `table_bytes` (more than the L3 cache holds, so that the
+// rows come from memory as a real table's do).
+Calibration Calibrate(size_t out_bytes, size_t table_bytes, size_t vector_bytes, size_t prefetch_bytes) {
   using Clock = std::chrono::steady_clock;
   const auto started = Clock::now();
   Calibration result;
   const size_t rows = std::max<size_t>(kRowsInFlight, out_bytes / kCalibrationRowBytes);
+  const size_t table_rows = std::max(rows, table_bytes / kCalibrationRowBytes);
   result.bytes = rows * kCalibrationRowBytes;
+  result.table_bytes = table_rows * kCalibrationRowBytes;
   // Table and output (page aligned), written once so that no page faults are timed.
-  Scratch table(result.bytes);
+  Scratch table(result.table_bytes);
   Scratch out(result.bytes);
-  std::memset(table.data(), 0x5A, result.bytes);
+  std::memset(table.data(), 0x5A, result.table_bytes);
   std::memset(out.data(), 0, result.bytes);
   std::vector<int64_t> ids(rows);
   uint64_t state = 0x9E3779B97F4A7C15ull;  // A fixed LCG: the same ids every process.
   for (int64_t& id : ids) {
     state = state * 6364136223846793005ull + 1442695040888963407ull;
-    id = static_cast<int64_t>((state >> 33) % rows);
+    id = static_cast<int64_t>((state >> 33) % table_rows);
   }
   CopyJob job;
   job.ids = ids.data();
   job.table = table.data();
   job.out = out.data();
-  job.num_ids = job.rows = job.vocab_size = static_cast<int64_t>(rows);
+  job.num_ids = static_cast<int64_t>(rows);
+  job.rows = job.vocab_size = static_cast<int64_t>(table_rows);
   job.row_bytes = kCalibrationRowBytes;
   job.prefetch_bytes = prefetch_bytes;
   result.setup_ms = std::chrono::duration<double, std::milli>(Clock::now() - started).count();
@@ -303,7 +312,9 @@ CpuStrategy Decide() {
   } else if (strategy.vector_bytes < 16) {
     chosen_by = "no vector copies in this build";
   } else {
-    calibration = Calibrate(2 * strategy.large_min_bytes, strategy.vector_bytes,
+    const size_t out_bytes = 2 * strategy.large_min_bytes;
+    const size_t table_bytes = std::min(kMaxCalibrationTableBytes, std::max(2 * out_bytes, 3 * facts.l3_bytes));
+    calibration = Calibrate(out_bytes, table_bytes, strategy.vector_bytes,
                             strategy.prefetch_bytes);
     int best = 0;
     for (int c = 1; c < kNumRowCopies; ++c) {
@@ -327,6 +338,7 @@ CpuStrategy Decide() {
                      ", \"error\": " + JsonString(strategy.error);
   if (calibration.bytes > 0) {
     json += ", \"calibration\": {\"bytes\": " + std::to_string(calibration.bytes) +
+            ", \"table_bytes\": " + std::to_string(calibration.table_bytes) +
             ", \"total_ms\": " + Fixed(calibration.total_ms) +
             ", \"setup_ms\": " + Fixed(calibration.setup_ms);
     for (int c = 0; c < kNumRowCopies; ++c) {
