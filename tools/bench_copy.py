@@ -68,7 +68,10 @@ def describe_strategy(strategy: dict[str, Any]) -> str:
         return f"CPU kernel: {facts}; {strategy['error']}"
     if strategy["chosen_by"] == "GRAPHBUILD_CPU_STRATEGY":
         return f"CPU kernel: {facts}; rows copied by {strategy['large']} at every size (GRAPHBUILD_CPU_STRATEGY)"
-    line = f"CPU kernel: {facts}; outputs below {format_bytes(strategy['large_min_bytes'])}: {strategy['small']} rows, larger: {strategy['large']}"
+    large = strategy["large"]
+    if large != "memcpy" and strategy.get("large_vector_bytes", strategy["vector_bytes"]) != strategy["vector_bytes"]:
+        large += f" in {strategy['large_vector_bytes']}-byte vectors"
+    line = f"CPU kernel: {facts}; outputs below {format_bytes(strategy['large_min_bytes'])}: {strategy['small']} rows, larger: {large}"
     calibration = strategy.get("calibration")
     if calibration:
         times = ", ".join(f"{key.removesuffix('_ms')} {value:.2f}" for key, value in calibration.items() if key.endswith("_ms") and key not in ("total_ms", "setup_ms"))

@@ -65,8 +65,9 @@ OrtStatus* Compute(void* kernel_ptr, OrtKernelContext* context) {
     job.row_bytes = args.row_bytes;
     job.prefetch_bytes = strategy.prefetch_bytes;
     const size_t out_bytes = static_cast<size_t>(args.num_ids) * args.row_bytes;
-    SetRowCopy(&job, out_bytes >= strategy.large_min_bytes ? strategy.large : strategy.small,
-               strategy.vector_bytes);
+    const bool large = out_bytes >= strategy.large_min_bytes;
+    SetRowCopy(&job, large ? strategy.large : strategy.small,
+               large ? strategy.large_vector_bytes : strategy.vector_bytes);
     const size_t task_bytes = job.copy == RowCopy::kMemcpy ? kBytesPerTask : kLockstepBytesPerTask;
     job.ids_per_task = static_cast<int64_t>(std::max<size_t>(1, task_bytes / args.row_bytes));
     const int64_t tasks = (args.num_ids + job.ids_per_task - 1) / job.ids_per_task;

@@ -15,7 +15,8 @@ struct CpuStrategy {
   size_t prefetch_bytes = 32 * 1024;
   size_t large_min_bytes = 0;  // Outputs at least this large are copied by `large`...
   RowCopy large = RowCopy::kMemcpy;
-  RowCopy small = RowCopy::kMemcpy;  // ...smaller ones by `small`.
+  size_t large_vector_bytes = 16;    // ...in vectors this wide (at most vector_bytes)...
+  RowCopy small = RowCopy::kMemcpy;  // ...smaller ones by `small`, in vector_bytes vectors.
   std::string description;     // JSON: the CPU facts, the choice and how it was made.
 };
 
