@@ -250,9 +250,13 @@ void SetRowCopy(CopyJob* job, RowCopy wanted, size_t vector_bytes) {
   const uintptr_t out_address = reinterpret_cast<uintptr_t>(job->out);
   const bool vectors = vector_bytes >= 16 && job->row_bytes % 16 == 0 && out_address % 16 == 0;
   job->copy = vectors ? wanted : RowCopy::kMemcpy;
-  const bool whole_lines = job->row_bytes % 64 == 0 && out_address % 64 == 0;
+  // Rows of whole cache lines all start at the same offset within a line: past each row's first
+  // line boundary they are aligned to every vector width. (An output numpy allocated starts 16
+  // bytes past a line; ONNX Runtime's start on one.)
+  const bool whole_lines = job->row_bytes % 64 == 0;
   job->rows_in_flight = whole_lines ? kRowsInFlight : 1;
-  // Wider vectors need rows and output aligned to them; whole-line rows are aligned to all.
+  job->out_head = whole_lines ? (64 - out_address % 64) % 64 : 0;
+  // Other rows are aligned to 16 bytes only.
   job->vector_bytes = whole_lines ? vector_bytes : 16;
 }
 

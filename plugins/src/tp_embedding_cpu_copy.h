@@ -48,6 +48,8 @@ struct CopyJob {
   int rows_in_flight = 1;           // ...this many rows in lockstep: kRowsInFlight when every row is
                                     // whole cache lines (a line left half-written while other rows
                                     // advance is flushed in pieces, 2-3x slower), else 1.
+  size_t out_head = 0;              // ...the bytes of each output row before its first line boundary
+                                    // (copied with memcpy; 0 when the output is line aligned).
   size_t prefetch_bytes = 32 * 1024;  // Rows this many bytes ahead are prefetched (at least one).
 };
 

@@ -90,14 +90,15 @@ def check_case(dtype_name: str, hidden: int, tokens: int, id_type: int, *, shard
     # The output is 64-byte aligned, as ONNX Runtime allocates it, and starts as 0xA5 bytes rather
     # than the zeros of fresh memory, so a row or part of a row left unwritten shows.
     row_bytes = hidden * dtype.itemsize
-    space = aligned_empty((tokens * row_bytes + offset,), np.uint8)
+    space = aligned_empty((tokens * row_bytes + offset + 64,), np.uint8)  # 64 guard bytes after it
     space[...] = 0xA5
     binding = session.io_binding()
     binding.bind_ortvalue_input("ids", to_ortvalue(ids))
     binding.bind_ortvalue_input("table", to_ortvalue(np.ascontiguousarray(table[:rows])))
     binding.bind_output("out", "cpu", 0, dtype.onnx, [tokens, hidden], space.ctypes.data + offset)
     session.run_with_iobinding(binding)
-    data = space[offset:].view(dtype.numpy).reshape(tokens, hidden)
+    data = space[offset : offset + tokens * row_bytes].view(dtype.numpy).reshape(tokens, hidden)
+    assert (space[:offset] == 0xA5).all() and (space[offset + tokens * row_bytes :] == 0xA5).all(), "wrote outside the output"
     expected = np.where((ids < rows)[:, None], table[np.minimum(ids, rows - 1)], np.zeros((), dtype.numpy))
     bits = np.uint32 if dtype.itemsize == 4 else np.uint16
     assert data.dtype == expected.dtype and data.shape == (tokens, hidden)
@@ -125,7 +126,7 @@ def test_every_vector_width_matches_numpy(isa):
     result = _run_as_script("large", isa)
     _skip_without(isa, result)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == f"{2 * len(CASES)} lookups match numpy"
+    assert result.stdout.strip() == f"{4 * len(CASES)} lookups match numpy"
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -134,7 +135,7 @@ def test_every_copy_matches_numpy(isa, strategy):
     result = _run_as_script("small", isa, strategy)
     _skip_without(isa, result)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == f"{4 * len(SMALL_CASES)} lookups match numpy"
+    assert result.stdout.strip() == f"{6 * len(SMALL_CASES)} lookups match numpy"
 
 
 def test_an_unknown_vector_width_is_a_clear_error():
@@ -235,7 +236,9 @@ if __name__ == "__main__":
         print(json.dumps(describe_strategy()))
     else:
         cases = CASES if mode == "large" else SMALL_CASES
-        offsets = (0,) if mode == "large" else (0, 16)
+        # 16 and 48 bytes past a cache line (numpy's arrays start 16 past one): each row's first
+        # 48 or 16 bytes, and its last 16 or 48, are copied apart from its aligned middle.
+        offsets = (0, 16) if mode == "large" else (0, 16, 48)
         for case in cases:
             for shard in (False, True):
                 for offset in offsets:
