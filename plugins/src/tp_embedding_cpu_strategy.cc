@@ -21,7 +21,7 @@
 //   do not decide it); a copy later in that order replaces an earlier one only when at least 3%
 //   faster. Whether non-temporal stores pay differs between CPU families and even between virtual
 //   machines of one family, and so does what prefetching into L2 gains, so both are measured
-//   rather than assumed. It takes 60-200 ms, much of it faulting in the two buffers.
+//   rather than assumed. It takes 55-335 ms on the AMD EPYC, most of it faulting in the two buffers.
 // - The lockstep copies of large outputs use the widest vectors too, except on AMD Zen 4 (family
 //   0x19 with AVX-512F), which splits a 64-byte store in two: there they use 32-byte vectors.
 // - GRAPHBUILD_CPU_STRATEGY=memcpy|stream|lockstep|stream-prefetch|lockstep-prefetch forces one
