@@ -28,10 +28,7 @@ from graphbuild.tools.common import format_bytes
 #: The ceiling's candidate copies: name -> GraphBuildCopyBytes method (memcpy via numpy.copyto).
 METHODS = {"memcpy": 0, "stream": 1, "vector": 2}
 _DESCRIPTIONS = {"memcpy": "memcpy", "stream": "streaming stores", "vector": "ordinary stores"}
-#: Vector widths (bytes) by the strategy's instruction set; the ceiling's vector copies run at each
-#: width up to the kernel's, since the widest is not always the fastest (on AMD Zen 4, which splits
-#: a 64-byte store in two, a 32-byte streaming copy moved 41 GB/s where a 64-byte one moved 38).
-_WIDTHS = {"avx512": (64, 32), "avx": (32,), "sse2": (16,)}
+
 PREFIX = "copy:"
 
 
@@ -96,8 +93,11 @@ class CopyCeiling:
         self.pool = pool
         self.parallel_min_bytes = parallel_min_bytes
         strategy = cpu_strategy()
-        have_vectors = strategy.get("isa", "none") != "none" and not strategy.get("error")
-        self.widths = _WIDTHS.get(strategy.get("isa", "none"), ()) if have_vectors else ()
+        width = strategy.get("vector_bytes", 0) if not strategy.get("error") else 0
+        # The vector copies run in the kernel's width and, where that is 64 bytes, in 32 as well: the
+        # widest is not always the fastest (on AMD Zen 4, which splits a 64-byte store in two, a
+        # 32-byte streaming copy moved 41 GB/s where a 64-byte one moved 38).
+        self.widths: tuple[int, ...] = (width, 32) if width == 64 else (width,) if width else ()
 
     def paths(self, tokens: int, rotations: int, target: np.ndarray, path_type: Any) -> list[Any]:
         """One ``path_type`` (``bench_paths.TimedPath``) per candidate, keyed ``copy:<method>``."""

@@ -99,6 +99,7 @@ class LocalExecutor:
         """
         if out:
             return self._run(feeds, out, self._rank0)[0]
+        # _run's lookup, written out: this is the call users make, and each frame is 0.1 us of it.
         key = tuple([array.shape for array in feeds.values()])
         with self._lock:
             plan = self._plans.get(key)

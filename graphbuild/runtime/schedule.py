@@ -28,25 +28,16 @@ import numpy as np
 from graphbuild.errors import EngineError, ExecutionError
 
 if TYPE_CHECKING:
-    from graphbuild.engine.manifest import Manifest, RankPlan
+    from graphbuild.engine.manifest import Manifest, RangeCheck, RankPlan
 
 #: Collectives the runtime implements.
 COLLECTIVES = ("allreduce", "allgather")
 
 
 @dataclasses.dataclass(frozen=True)
-class RangeCheck:
-    """A segment output holding ``(position, bad_id, size)`` of the first id outside ``[0, vocab_size)``
-    (``position == size`` when every id is valid); ``node`` is the embedding's name."""
-
-    tensor: str
-    node: str
-    vocab_size: int
-
-
-@dataclasses.dataclass(frozen=True)
 class SegmentStep:
-    """One ONNX file of one rank: the tensors it reads and writes, and its range checks."""
+    """One ONNX file of one rank: the tensors it reads and writes, and its range checks (the
+    manifest's own ``RangeCheck`` entries)."""
 
     rank: int
     index: int
@@ -143,8 +134,7 @@ def _rank_schedule(plan: "RankPlan", engine: str) -> RankSchedule:
     steps: list[Step] = []
     for step in plan.steps:
         if step.kind == "segment":
-            checks = tuple(RangeCheck(c.tensor, c.node, c.vocab_size) for c in step.checks)
-            steps.append(SegmentStep(plan.rank, step.index, step.file, tuple(step.inputs), tuple(step.outputs), checks))
+            steps.append(SegmentStep(plan.rank, step.index, step.file, tuple(step.inputs), tuple(step.outputs), tuple(step.checks)))
             continue
         if step.op not in COLLECTIVES:
             raise EngineError(f"engine '{engine}': rank {plan.rank} has collective '{step.op}', which this runtime does not implement (it implements {list(COLLECTIVES)})")
